@@ -1,0 +1,217 @@
+"""Algorithm 1 of Sparse Flows (§3): iterative pruning with learning-rate rewinding.
+
+1. TRAIN a dense flow (warm start);
+2. repeat: PRUNE PR of the *remaining* weights (or neurons), then TRAIN again with a fresh
+   optimizer and the full learning-rate schedule, starting from the current weights (learning-rate
+   rewinding, Renda et al. 2020);
+3. until the target prune ratio is reached, or the validation loss stops improving
+   (early stopping with patience).
+
+Each round is one call of :func:`sparse_flow_round`, with a checkpoint per round, so that a
+workflow can run one job per round and a crash loses at most the round in flight.
+:func:`run_sparse_flow` runs the whole loop in one process.
+
+Example::
+
+    flow = build_flow(FlowConfig(dim=2, hidden_dims=(64, 64)))
+    rounds = run_sparse_flow(flow, data, TrainConfig(epochs=5),
+                             PruneConfig(method="unstructured", prune_ratio_per_round=0.3, rounds=3))
+    for r in rounds:
+        print(r.round, r.prune_ratio, r.test_nll)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pipeline_lib.evaluation.nll import evaluate_nll
+from pipeline_lib.flows import ContinuousFlow
+from pipeline_lib.pruning import (
+    EarlyStopping,
+    count_parameters,
+    keep_schedule,
+    keep_schedule_to_target,
+    paper_toy_keep_schedule,
+    prune,
+    prune_ratio,
+)
+from pipeline_lib.training import TrainConfig, train
+
+__all__ = ["PruneConfig", "RoundResult", "run_sparse_flow", "sparse_flow_round"]
+
+log = logging.getLogger("sparseflows.sparse_flow")
+
+
+@dataclass
+class PruneConfig:
+    """How a flow is sparsified (Algorithm 1 inputs PR and the stopping rule; Tables S1–S3).
+
+    Arguments:
+        method: ``unstructured`` (global |W_ij|) or ``structured`` (local ℓ1 of neurons).
+        prune_ratio_per_round: PR, the fraction of the remaining weights pruned per round.
+        rounds: number of prune rounds R (overall keep after round r is (1-PR)^r).
+        target_prune_ratio: instead of ``rounds``, prune until this overall ratio is reached.
+        schedule: ``geometric`` ((1-PR)^r) or ``paper_toy`` (the toy code's 29 keep ratios:
+            geometric 0.8→0.2 in 20 steps, then linear 0.18→0.02 in 9).
+        patience: stop after this many rounds without validation improvement (None = never).
+        min_delta: improvement smaller than this does not count.
+    """
+
+    method: Literal["unstructured", "structured"] = "unstructured"
+    prune_ratio_per_round: float = 0.1
+    rounds: int | None = 10
+    target_prune_ratio: float | None = None
+    schedule: Literal["geometric", "paper_toy"] = "geometric"
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("unstructured", "structured"):
+            raise ValueError(
+                f"prune.method must be 'unstructured' or 'structured', got {self.method!r}"
+            )
+        if not 0 < self.prune_ratio_per_round < 1:
+            raise ValueError(
+                f"prune.prune_ratio_per_round must be in (0, 1), got {self.prune_ratio_per_round}"
+            )
+        if self.target_prune_ratio is not None and not 0 < self.target_prune_ratio < 1:
+            raise ValueError(
+                f"prune.target_prune_ratio must be in (0, 1), got {self.target_prune_ratio}"
+            )
+        if self.schedule not in ("geometric", "paper_toy"):
+            raise ValueError(f"prune.schedule must be 'geometric' or 'paper_toy', got {self.schedule!r}")
+
+    def keep_ratios(self) -> list[float]:
+        """Overall keep ratio after each round r = 1..R."""
+        if self.schedule == "paper_toy":
+            return paper_toy_keep_schedule()
+        if self.target_prune_ratio is not None:
+            return keep_schedule_to_target(self.prune_ratio_per_round, self.target_prune_ratio)
+        return keep_schedule(self.prune_ratio_per_round, int(self.rounds or 0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RoundResult:
+    """One row of the prune / retrain record (round 0 is the dense warm start)."""
+
+    round: int
+    keep: float
+    prune_ratio: float
+    params_total: int
+    params_nonzero: int
+    val_nll: float
+    test_nll: float
+    test_nll_stderr: float
+    nfe_forward: float
+    train_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sparse_flow_round(
+    model: ContinuousFlow,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    test_x: torch.Tensor | None,
+    train_cfg: TrainConfig,
+    method: str | None,
+    keep: float,
+    round_index: int,
+    total_rounds: int,
+    checkpoint: str | Path | None = None,
+) -> RoundResult:
+    """One PRUNE + TRAIN step of Algorithm 1 (lines 5–6); round 0 (``method=None``) only trains.
+
+    The prune step is skipped when resuming from a partially trained round's checkpoint (the
+    mask is in the checkpoint). Returns the round's metrics; test NLL is NaN without ``test_x``.
+    """
+    tag = f"round {round_index}/{total_rounds}"
+    resuming = checkpoint is not None and Path(checkpoint).exists()
+    if method is not None and not resuming:
+        prune(model, method, keep)
+    total, nonzero = count_parameters(model)
+    log.info(
+        "%s | %s | keep %.4f | prune ratio %.4f | %d/%d parameters nonzero",
+        tag, method or "dense", keep, prune_ratio(model), nonzero, total,
+    )
+    t0 = time.perf_counter()
+    result = train(model, train_x, val_x, train_cfg, checkpoint=checkpoint, tag=tag)
+    seconds = result.seconds if result.seconds else time.perf_counter() - t0
+    nfe = result.history[-1]["nfe_forward"] if result.history else math.nan
+    test = (
+        evaluate_nll(model, test_x.to(next(model.parameters()).device), train_cfg.eval_batch_size,
+                     solver=train_cfg.eval_solver, trace=train_cfg.eval_trace)
+        if test_x is not None
+        else None
+    )
+    row = RoundResult(
+        round=round_index,
+        keep=keep,
+        prune_ratio=prune_ratio(model),
+        params_total=total,
+        params_nonzero=count_parameters(model)[1],
+        val_nll=result.val_nll,
+        test_nll=test.nll if test else math.nan,
+        test_nll_stderr=test.stderr if test else math.nan,
+        nfe_forward=nfe,
+        train_seconds=seconds,
+    )
+    log.info(
+        "%s done | val NLL %.4f | test NLL %.4f | %.1f s", tag, row.val_nll, row.test_nll, seconds
+    )
+    return row
+
+
+def run_sparse_flow(
+    model: ContinuousFlow,
+    data,
+    train_cfg: TrainConfig,
+    prune_cfg: PruneConfig,
+    workdir: str | Path | None = None,
+) -> list[RoundResult]:
+    """Algorithm 1 in one process: dense warm start, then prune / retrain rounds.
+
+    ``data`` has ``train``, ``val`` and ``test`` tensors (a
+    :class:`~pipeline_lib.data.DataSplits`). With ``workdir`` every round writes
+    ``round{r:03d}.pt`` there, and a rerun resumes from what is already done.
+    """
+    keeps = prune_cfg.keep_ratios()
+    total = len(keeps)
+
+    def ckpt(r: int) -> Path | None:
+        return Path(workdir) / f"round{r:03d}.pt" if workdir is not None else None
+
+    rows = [
+        sparse_flow_round(model, data.train, data.val, data.test, train_cfg, None, 1.0, 0, total, ckpt(0))
+    ]
+    stopper = (
+        EarlyStopping(patience=prune_cfg.patience, min_delta=prune_cfg.min_delta)
+        if prune_cfg.patience is not None
+        else None
+    )
+    if stopper is not None:
+        stopper.update(rows[0].val_nll)
+    for r, keep in enumerate(keeps, start=1):
+        rows.append(
+            sparse_flow_round(
+                model, data.train, data.val, data.test, train_cfg, prune_cfg.method, keep, r, total, ckpt(r)
+            )
+        )
+        if stopper is not None and stopper.update(rows[-1].val_nll):
+            log.info(
+                "early stop after round %d/%d: validation NLL has not improved for %d round(s)",
+                r, total, prune_cfg.patience,
+            )
+            break
+    return rows

@@ -1,0 +1,322 @@
+"""Training of a flow by maximum likelihood: the TRAIN step of Algorithm 1 (Sparse Flows §3.2).
+
+Adam or AdamW with (β1, β2) and weight decay, a step learning-rate schedule (×γ at milestone
+epochs; Tables S1–S3), validation every epoch, a checkpoint every epoch from which a killed run
+resumes where it stopped, and the optional RNODE regularizers (Finlay et al. 2020, Eq. 6):
+
+    loss = NLL + λ_K · ∫‖f‖² dt + λ_J · ∫‖εᵀ∂f/∂z‖² dt.
+
+Pruning masks are enforced after every optimizer step, so a sparse flow stays sparse while it
+retrains (Algorithm 1 line 6). A non-finite loss or a solver failure stops the run with an error
+naming the epoch and the setting to change; a checkpoint with non-finite weights is never written.
+
+Example::
+
+    cfg = TrainConfig(epochs=10, batch_size=512, lr=5e-3, optimizer="adamw")
+    result = train(flow, data.train, data.val, cfg, checkpoint="run/ckpt.pt")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipeline_lib.evaluation.nll import evaluate_nll
+from pipeline_lib.flows import ContinuousFlow, SolverConfig, SolverError
+from pipeline_lib.pruning import apply_masks, mask_gradients
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "load_checkpoint",
+    "make_optimizer",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]
+
+log = logging.getLogger("sparseflows.training")
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (Tables S1–S3 "(Re-)Training").
+
+    Arguments:
+        optimizer: ``adam`` or ``adamw``.
+        lr, beta1, beta2, weight_decay: optimizer settings.
+        epochs, batch_size: passes over the training set and its batch size.
+        lr_milestones, lr_gamma: multiply the LR by ``lr_gamma`` at these epochs.
+        lambda_kinetic, lambda_jacobian: RNODE regularization weights (0 = off).
+        grad_clip: max gradient norm, or None.
+        eval_batch_size: batch size of validation / test evaluation.
+        eval_solver: solver for validation (e.g. adaptive when training on a fixed grid).
+        eval_trace: ``exact`` or ``hutchinson`` for validation; None = the model's own.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        seed: seeds shuffling and Hutchinson noise.
+        log_every: log every this many iterations within an epoch (0 = only per epoch).
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    epochs: int = 100
+    batch_size: int = 1024
+    lr_milestones: Sequence[int] = ()
+    lr_gamma: float = 0.1
+    lambda_kinetic: float = 0.0
+    lambda_jacobian: float = 0.0
+    grad_clip: float | None = None
+    eval_batch_size: int = 10_000
+    eval_solver: SolverConfig | None = None
+    eval_trace: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.epochs < 0:
+            raise ValueError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if isinstance(self.eval_solver, dict):
+            self.eval_solver = SolverConfig(**self.eval_solver)
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+
+    @property
+    def regularize(self) -> bool:
+        return self.lambda_kinetic > 0 or self.lambda_jacobian > 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: per-epoch history and summary numbers."""
+
+    history: list[dict] = field(default_factory=list)
+    val_nll: float = math.nan
+    best_val_nll: float = math.nan
+    seconds: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` → the first visible CUDA device if any, else CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW with the configured betas and weight decay."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def save_checkpoint(path: str | Path, state: dict, model: torch.nn.Module | None = None) -> None:
+    """Write ``state`` atomically (temporary file, then rename).
+
+    Refuses to write when ``model`` has non-finite weights, so a good checkpoint is never
+    replaced by a diverged one.
+    """
+    path = Path(path)
+    if model is not None and not _all_finite(model):
+        raise TrainingDivergedError(
+            f"refusing to write {path}: the model has non-finite weights"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _loss(model: ContinuousFlow, batch: torch.Tensor, cfg: TrainConfig):
+    out = model(batch, regularize=cfg.regularize)
+    nll = -out.log_prob.mean()
+    loss = nll
+    if cfg.regularize:
+        loss = loss + cfg.lambda_kinetic * out.kinetic.mean() + cfg.lambda_jacobian * out.jacobian.mean()
+    return loss, nll, out.nfe
+
+
+def train(
+    model: ContinuousFlow,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    cfg: TrainConfig,
+    checkpoint: str | Path | None = None,
+    tag: str = "",
+) -> TrainResult:
+    """Train ``model`` in place for ``cfg.epochs`` epochs with a fresh optimizer and schedule.
+
+    With ``checkpoint`` set, a checkpoint is written after every epoch and an existing one is
+    resumed from (optimizer, schedule, RNG state and history included); a finished checkpoint
+    returns at once. ``tag`` prefixes log lines (e.g. ``"round 3/10"``).
+
+    Raises:
+        TrainingDivergedError: non-finite loss or weights (nothing is written).
+        SolverError: the ODE solver failed; the message names the epoch.
+    """
+    device = next(model.parameters()).device
+    train_x = train_x.to(device)
+    val_x = val_x.to(device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma
+    )
+    result = TrainResult()
+    start_epoch = 0
+    prefix = f"{tag} | " if tag else ""
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"].cpu())
+        start_epoch = int(state["epoch"])
+        result.history = list(state["history"])
+        result.seconds = float(state.get("seconds", 0.0))
+        result.resumed_from_epoch = start_epoch
+        log.info("%sresuming from %s at epoch %d/%d", prefix, checkpoint, start_epoch, cfg.epochs)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    shuffle = torch.Generator(device="cpu")
+    n = train_x.shape[0]
+    t_run = time.perf_counter() - result.seconds
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        shuffle.manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=shuffle).to(device)
+        model.train()
+        sums = {"loss": 0.0, "nll": 0.0, "nfe_forward": 0, "nfe_backward": 0}
+        iters = 0
+        for start in range(0, n, cfg.batch_size):
+            batch = train_x[order[start : start + cfg.batch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                loss, nll, nfe_f = _loss(model, batch, cfg)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"{prefix}non-finite loss ({loss.item()}) at epoch {epoch + 1}, "
+                        f"iteration {iters + 1}; lower train.lr (now {scheduler.get_last_lr()[0]:g}), "
+                        "set train.grad_clip, or tighten solver.rtol/atol"
+                    )
+                nfe_before = model.nfe
+                loss.backward()
+            except SolverError as err:
+                raise SolverError(f"{prefix}epoch {epoch + 1}, iteration {iters + 1}: {err}") from err
+            sums["nfe_backward"] += model.nfe - nfe_before
+            mask_gradients(model)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            apply_masks(model)
+            iters += 1
+            sums["loss"] += loss.item()
+            sums["nll"] += nll.item()
+            sums["nfe_forward"] += nfe_f
+            if cfg.log_every and iters % cfg.log_every == 0:
+                log.info(
+                    "%sepoch %d/%d iter %d | loss %.4f | NFE %d",
+                    prefix, epoch + 1, cfg.epochs, iters, loss.item(), nfe_f,
+                )
+        scheduler.step()
+        if not _all_finite(model):
+            raise TrainingDivergedError(
+                f"{prefix}weights became non-finite in epoch {epoch + 1}; lower train.lr or set "
+                "train.grad_clip. The last good checkpoint was kept."
+            )
+        try:
+            val = evaluate_nll(
+                model, val_x, cfg.eval_batch_size, solver=cfg.eval_solver, trace=cfg.eval_trace
+            )
+        except SolverError as err:
+            raise SolverError(f"{prefix}validation after epoch {epoch + 1}: {err}") from err
+        epoch_s = time.perf_counter() - t0
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / max(iters, 1),
+            "train_nll": sums["nll"] / max(iters, 1),
+            "val_nll": val.nll,
+            "nfe_forward": sums["nfe_forward"] / max(iters, 1),
+            "nfe_backward": sums["nfe_backward"] / max(iters, 1),
+            "nfe_val": val.nfe,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": epoch_s,
+        }
+        result.history.append(record)
+        result.seconds = time.perf_counter() - t_run
+        log.info(
+            "%sepoch %d/%d | loss %.4f | val NLL %.4f | NFE fwd %.1f bwd %.1f | %.2f s/epoch | elapsed %.1f s",
+            prefix, epoch + 1, cfg.epochs, record["train_loss"], val.nll,
+            record["nfe_forward"], record["nfe_backward"], epoch_s, result.seconds,
+        )
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch + 1,
+                    "history": result.history,
+                    "seconds": result.seconds,
+                    "config": cfg.to_dict(),
+                },
+                model,
+            )
+    vals = [h["val_nll"] for h in result.history]
+    if vals:
+        result.val_nll = vals[-1]
+        result.best_val_nll = min(vals)
+    else:
+        result.val_nll = result.best_val_nll = evaluate_nll(
+            model, val_x, cfg.eval_batch_size, solver=cfg.eval_solver, trace=cfg.eval_trace
+        ).nll
+    return result
