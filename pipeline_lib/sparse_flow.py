@@ -86,7 +86,9 @@ class PruneConfig:
                 f"prune.target_prune_ratio must be in (0, 1), got {self.target_prune_ratio}"
             )
         if self.schedule not in ("geometric", "paper_toy"):
-            raise ValueError(f"prune.schedule must be 'geometric' or 'paper_toy', got {self.schedule!r}")
+            raise ValueError(
+                f"prune.schedule must be 'geometric' or 'paper_toy', got {self.schedule!r}"
+            )
 
     def keep_ratios(self) -> list[float]:
         """Overall keep ratio after each round r = 1..R."""
@@ -143,15 +145,25 @@ def sparse_flow_round(
     total, nonzero = count_parameters(model)
     log.info(
         "%s | %s | keep %.4f | prune ratio %.4f | %d/%d parameters nonzero",
-        tag, method or "dense", keep, prune_ratio(model), nonzero, total,
+        tag,
+        method or "dense",
+        keep,
+        prune_ratio(model),
+        nonzero,
+        total,
     )
     t0 = time.perf_counter()
     result = train(model, train_x, val_x, train_cfg, checkpoint=checkpoint, tag=tag)
     seconds = result.seconds if result.seconds else time.perf_counter() - t0
     nfe = result.history[-1]["nfe_forward"] if result.history else math.nan
     test = (
-        evaluate_nll(model, test_x.to(next(model.parameters()).device), train_cfg.eval_batch_size,
-                     solver=train_cfg.eval_solver, trace=train_cfg.eval_trace)
+        evaluate_nll(
+            model,
+            test_x.to(next(model.parameters()).device),
+            train_cfg.eval_batch_size,
+            solver=train_cfg.eval_solver,
+            trace=train_cfg.eval_trace,
+        )
         if test_x is not None
         else None
     )
@@ -193,7 +205,9 @@ def run_sparse_flow(
         return Path(workdir) / f"round{r:03d}.pt" if workdir is not None else None
 
     rows = [
-        sparse_flow_round(model, data.train, data.val, data.test, train_cfg, None, 1.0, 0, total, ckpt(0))
+        sparse_flow_round(
+            model, data.train, data.val, data.test, train_cfg, None, 1.0, 0, total, ckpt(0)
+        )
     ]
     stopper = (
         EarlyStopping(patience=prune_cfg.patience, min_delta=prune_cfg.min_delta)
@@ -205,13 +219,24 @@ def run_sparse_flow(
     for r, keep in enumerate(keeps, start=1):
         rows.append(
             sparse_flow_round(
-                model, data.train, data.val, data.test, train_cfg, prune_cfg.method, keep, r, total, ckpt(r)
+                model,
+                data.train,
+                data.val,
+                data.test,
+                train_cfg,
+                prune_cfg.method,
+                keep,
+                r,
+                total,
+                ckpt(r),
             )
         )
         if stopper is not None and stopper.update(rows[-1].val_nll):
             log.info(
                 "early stop after round %d/%d: validation NLL has not improved for %d round(s)",
-                r, total, prune_cfg.patience,
+                r,
+                total,
+                prune_cfg.patience,
             )
             break
     return rows

@@ -133,7 +133,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise RuntimeError(
+            f"device {spec!r} requested but CUDA is not available; use 'cpu' or 'auto'"
+        )
     return device
 
 
@@ -155,9 +157,7 @@ def save_checkpoint(path: str | Path, state: dict, model: torch.nn.Module | None
     """
     path = Path(path)
     if model is not None and not _all_finite(model):
-        raise TrainingDivergedError(
-            f"refusing to write {path}: the model has non-finite weights"
-        )
+        raise TrainingDivergedError(f"refusing to write {path}: the model has non-finite weights")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -179,7 +179,11 @@ def _loss(model: ContinuousFlow, batch: torch.Tensor, cfg: TrainConfig):
     nll = -out.log_prob.mean()
     loss = nll
     if cfg.regularize:
-        loss = loss + cfg.lambda_kinetic * out.kinetic.mean() + cfg.lambda_jacobian * out.jacobian.mean()
+        loss = (
+            loss
+            + cfg.lambda_kinetic * out.kinetic.mean()
+            + cfg.lambda_jacobian * out.jacobian.mean()
+        )
     return loss, nll, out.nfe
 
 
@@ -249,7 +253,9 @@ def train(
                 nfe_before = model.nfe
                 loss.backward()
             except SolverError as err:
-                raise SolverError(f"{prefix}epoch {epoch + 1}, iteration {iters + 1}: {err}") from err
+                raise SolverError(
+                    f"{prefix}epoch {epoch + 1}, iteration {iters + 1}: {err}"
+                ) from err
             sums["nfe_backward"] += model.nfe - nfe_before
             mask_gradients(model)
             if cfg.grad_clip:
@@ -263,7 +269,12 @@ def train(
             if cfg.log_every and iters % cfg.log_every == 0:
                 log.info(
                     "%sepoch %d/%d iter %d | loss %.4f | NFE %d",
-                    prefix, epoch + 1, cfg.epochs, iters, loss.item(), nfe_f,
+                    prefix,
+                    epoch + 1,
+                    cfg.epochs,
+                    iters,
+                    loss.item(),
+                    nfe_f,
                 )
         scheduler.step()
         if not _all_finite(model):
@@ -293,8 +304,15 @@ def train(
         result.seconds = time.perf_counter() - t_run
         log.info(
             "%sepoch %d/%d | loss %.4f | val NLL %.4f | NFE fwd %.1f bwd %.1f | %.2f s/epoch | elapsed %.1f s",
-            prefix, epoch + 1, cfg.epochs, record["train_loss"], val.nll,
-            record["nfe_forward"], record["nfe_backward"], epoch_s, result.seconds,
+            prefix,
+            epoch + 1,
+            cfg.epochs,
+            record["train_loss"],
+            val.nll,
+            record["nfe_forward"],
+            record["nfe_backward"],
+            epoch_s,
+            result.seconds,
         )
         if checkpoint is not None:
             save_checkpoint(

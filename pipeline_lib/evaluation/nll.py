@@ -60,7 +60,9 @@ def evaluate_nll(
     batches = 0
     try:
         for start in range(0, x.shape[0], batch_size):
-            out = model(x[start : start + batch_size], solver=solver, trace=trace, generator=generator)
+            out = model(
+                x[start : start + batch_size], solver=solver, trace=trace, generator=generator
+            )
             nll = -out.log_prob.double()
             total += nll.sum().item()
             total_sq += nll.pow(2).sum().item()

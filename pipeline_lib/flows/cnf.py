@@ -180,7 +180,9 @@ class CNFDynamics(nn.Module):
         div = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         frob = torch.zeros_like(div) if regularize else None
         for i in range(d):
-            row = torch.autograd.grad(dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True)[0]
+            row = torch.autograd.grad(
+                dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True
+            )[0]
             div = div + row[:, i]
             if regularize:
                 frob = frob + row.pow(2).sum(1)
@@ -248,9 +250,7 @@ class CNF(nn.Module):
         previous_trace = dyn.trace
         if trace is not None:
             dyn.trace = trace
-        dyn.noise = (
-            _sample_noise(z, self.noise, generator) if dyn.trace == "hutchinson" else None
-        )
+        dyn.noise = _sample_noise(z, self.noise, generator) if dyn.trace == "hutchinson" else None
         state: tuple[torch.Tensor, ...] = (z, delta_logp)
         if regularize:
             zeros = torch.zeros_like(delta_logp)
@@ -258,7 +258,9 @@ class CNF(nn.Module):
         try:
             if solver.adjoint and torch.is_grad_enabled():
                 params = tuple(p for p in self.parameters() if p.requires_grad)
-                out = odeint_adjoint(dyn, state, times, adjoint_params=params, **solver.odeint_kwargs())
+                out = odeint_adjoint(
+                    dyn, state, times, adjoint_params=params, **solver.odeint_kwargs()
+                )
             else:
                 out = odeint(dyn, state, times, **solver.odeint_kwargs())
         except AssertionError as err:  # torchdiffeq signals underflow / step limits this way
@@ -317,7 +319,9 @@ class ContinuousFlow(nn.Module):
         delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         kinetic = jacobian = None
         for block in self.blocks:
-            out = block(z, delta, regularize=regularize, solver=solver, trace=trace, generator=generator)
+            out = block(
+                z, delta, regularize=regularize, solver=solver, trace=trace, generator=generator
+            )
             z, delta = out[0], out[1]
             if regularize:
                 kinetic = out[2] if kinetic is None else kinetic + out[2]
@@ -340,7 +344,9 @@ class ContinuousFlow(nn.Module):
         x = z
         delta = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for block in reversed(self.blocks):
-            x, delta = block(x, delta, reverse=True, solver=solver, trace=trace, generator=generator)
+            x, delta = block(
+                x, delta, reverse=True, solver=solver, trace=trace, generator=generator
+            )
         return x, standard_normal_logprob(z) + delta
 
     def sample(

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,7 @@ class ODENet(nn.Module):
             )
         widths = [dim, *[int(h) for h in hidden_dims], dim]
         layer = LAYER_TYPES[layer_type]
-        self.layers = nn.ModuleList(layer(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(layer(a, b) for a, b in pairwise(widths))
         self.layers[-1].linear.is_output_layer = True
         self.activation = ACTIVATIONS[activation]()
         self.dim = dim
