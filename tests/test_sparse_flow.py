@@ -1,0 +1,87 @@
+"""Algorithm 1 end to end on a tiny flow: densities per round, resume, early stopping."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
+from pipeline_lib.pruning import prunable_layers
+from pipeline_lib.sparse_flow import PruneConfig, run_sparse_flow
+from pipeline_lib.training import TrainConfig
+
+
+def tiny_data():
+    g = torch.Generator().manual_seed(0)
+    return SimpleNamespace(
+        train=torch.randn(256, 2, generator=g),
+        val=torch.randn(128, 2, generator=g),
+        test=torch.randn(128, 2, generator=g),
+    )
+
+
+def tiny_flow():
+    torch.manual_seed(0)
+    solver = SolverConfig(method="rk4", step_size=0.5)
+    return build_flow(FlowConfig(dim=2, hidden_dims=(16, 16), solver=solver, trace="exact"))
+
+
+TRAIN = TrainConfig(epochs=1, batch_size=128, lr=1e-2)
+
+
+def prunable_weight_count(model) -> int:
+    return sum(m.weight.numel() for _, m in prunable_layers(model))
+
+
+@pytest.mark.parametrize("method", ["unstructured", "structured"])
+def test_rounds_follow_the_schedule(tmp_path, method):
+    flow = tiny_flow()
+    prune_cfg = PruneConfig(method=method, prune_ratio_per_round=0.3, rounds=3)
+    rows = run_sparse_flow(flow, tiny_data(), TRAIN, prune_cfg, workdir=tmp_path)
+    assert [r.round for r in rows] == [0, 1, 2, 3]
+    assert rows[0].prune_ratio == 0.0
+    ratios = [r.prune_ratio for r in rows]
+    assert ratios == sorted(ratios) and ratios[-1] > 0.3
+    if method == "unstructured":
+        n = prunable_weight_count(flow)
+        for r in rows[1:]:
+            assert abs((1 - r.prune_ratio) * n - 0.7**r.round * n) <= 1
+    assert all(r.params_nonzero < rows[0].params_nonzero for r in rows[1:])
+    assert sorted(p.name for p in tmp_path.glob("round*.pt")) == [
+        f"round{r:03d}.pt" for r in range(4)
+    ]
+
+
+def test_rerun_resumes_without_retraining(tmp_path):
+    prune_cfg = PruneConfig(prune_ratio_per_round=0.3, rounds=2)
+    first = run_sparse_flow(tiny_flow(), tiny_data(), TRAIN, prune_cfg, workdir=tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("round*.pt")}
+    again = run_sparse_flow(tiny_flow(), tiny_data(), TRAIN, prune_cfg, workdir=tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("round*.pt")} == stamps
+    for a, b in zip(first, again, strict=True):
+        assert a.prune_ratio == b.prune_ratio
+        assert a.test_nll == pytest.approx(b.test_nll, abs=1e-9)
+
+
+def test_early_stopping_ends_the_rounds():
+    # an improvement of 1e9 nats is never reached: stop after `patience` rounds
+    prune_cfg = PruneConfig(prune_ratio_per_round=0.3, rounds=5, patience=2, min_delta=1e9)
+    rows = run_sparse_flow(tiny_flow(), tiny_data(), TRAIN, prune_cfg)
+    assert [r.round for r in rows] == [0, 1, 2]
+
+
+def test_paper_toy_schedule_and_bad_prune_config():
+    assert len(PruneConfig(schedule="paper_toy").keep_ratios()) == 29
+    assert PruneConfig(
+        prune_ratio_per_round=0.5, target_prune_ratio=0.8, rounds=None
+    ).keep_ratios() == [
+        0.5,
+        0.25,
+        0.125,
+    ]
+    with pytest.raises(ValueError, match="prune_ratio_per_round"):
+        PruneConfig(prune_ratio_per_round=1.5)
+    with pytest.raises(ValueError, match="prune.method"):
+        PruneConfig(method="random")
