@@ -180,7 +180,11 @@ def sparse_flow_round(
         train_seconds=seconds,
     )
     log.info(
-        "%s done | val NLL %.4f | test NLL %.4f | %.1f s", tag, row.val_nll, row.test_nll, seconds
+        "%s done | val NLL %.4f%s | %.1f s",
+        tag,
+        row.val_nll,
+        f" | test NLL {row.test_nll:.4f}" if test else "",
+        seconds,
     )
     return row
 

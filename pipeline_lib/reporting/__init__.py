@@ -1,0 +1,1 @@
+"""Summary rows, paper tables and figures built from the workflow's results."""

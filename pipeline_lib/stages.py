@@ -1,0 +1,267 @@
+"""The workflow's steps as functions of files: one function per Snakemake rule kind.
+
+Each function reads its inputs from disk, calls the science in the other modules and writes
+its outputs atomically, so the rule scripts in ``workflow/scripts`` stay one call long and the
+steps are testable without Snakemake.
+
+Files of one run (the layout documented in ``results/README.md``):
+
+- ``<round dir>/model.pt`` — weights, masks and the flow configuration of a finished round;
+- ``<round dir>/round.json`` — the round's record (prune ratio, parameters, validation NLL,
+  timings, early-stopping state, per-epoch history);
+- ``<round dir>/train_state.pt`` — the in-flight training checkpoint (not a workflow output:
+  it survives a killed job so that the rerun resumes, and is removed when the round is done);
+- ``<round dir>/metrics/nll.json`` — test NLL of the round's model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline_lib.data import DataSplits
+from pipeline_lib.evaluation.nll import evaluate_nll
+from pipeline_lib.experiment import config_hash, flow_config, prune_config, train_config
+from pipeline_lib.flows import ContinuousFlow, FlowConfig, build_flow
+from pipeline_lib.pruning import EarlyStopping
+from pipeline_lib.sparse_flow import sparse_flow_round
+from pipeline_lib.training import load_checkpoint, save_checkpoint
+
+__all__ = [
+    "evaluate_round",
+    "make_toy_data",
+    "load_model",
+    "read_json",
+    "train_round",
+    "write_json",
+]
+
+log = logging.getLogger("sparseflows.stages")
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, allow_nan=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> ContinuousFlow:
+    """Rebuild a flow from a round's ``model.pt`` (masks included)."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    flow = build_flow(FlowConfig.from_dict(state["flow_config"]))
+    flow.load_state_dict(state["model"])
+    return flow.to(device)
+
+
+def train_round(
+    exp: dict,
+    *,
+    experiment: str,
+    seed: int,
+    method: str | None,
+    round_index: int,
+    data_dir: str | Path,
+    out_model: str | Path,
+    out_record: str | Path,
+    prev_model: str | Path | None = None,
+    prev_record: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Round 0 (``method=None``): train the dense warm start. Round r ≥ 1: prune PR of the
+    remaining weights of round r-1's model and retrain (Algorithm 1, lines 5–6).
+
+    A round after an early stop (Algorithm 1 line 4) is a pass-through: it copies round r-1's
+    model and marks its record ``skipped``, at no training cost.
+    """
+    out_model, out_record = Path(out_model), Path(out_record)
+    rounds_total = len(prune_config(exp, method or "unstructured").keep_ratios())
+    base = {
+        "experiment": experiment,
+        "dataset": exp["dataset"],
+        "method": method or "dense",
+        "seed": seed,
+        "round": round_index,
+        "rounds_total": rounds_total,
+        "config_hash": config_hash(exp),
+    }
+    prev = read_json(prev_record) if prev_record is not None else None
+    if prev is not None and (prev.get("stopped") or prev.get("skipped")):
+        stopped_at = prev["round"] if prev.get("stopped") else prev["stopped_at"]
+        log.info(
+            "round %d/%d skipped: pruning stopped early after round %d",
+            round_index,
+            rounds_total,
+            stopped_at,
+        )
+        shutil.copyfile(prev_model, out_model)
+        record = {
+            **prev,
+            **base,
+            "skipped": True,
+            "stopped": False,
+            "stopped_at": stopped_at,
+            "train_seconds": 0.0,
+            "history": [],
+        }
+        write_json(out_record, record)
+        return record
+
+    data = DataSplits.load(data_dir)
+    device = torch.device(device)
+    tcfg = train_config(exp, seed=seed, device=str(device))
+    if prev_model is not None:
+        model = load_model(prev_model, device)
+    else:
+        torch.manual_seed(seed)
+        model = build_flow(flow_config(exp, data.dim)).to(device)
+    keep = 1.0
+    if method is not None:
+        keep = prune_config(exp, method).keep_ratios()[round_index - 1]
+    state_path = out_model.parent / "train_state.pt"
+    t0 = time.perf_counter()
+    row = sparse_flow_round(
+        model,
+        data.train,
+        data.val,
+        None,
+        tcfg,
+        method,
+        keep,
+        round_index,
+        rounds_total,
+        checkpoint=state_path,
+    )
+    stopper_cfg = exp.get("prune") or {}
+    stopper = (
+        EarlyStopping.from_dict(prev["early_stopping"])
+        if prev is not None and prev.get("early_stopping")
+        else EarlyStopping(
+            patience=stopper_cfg.get("patience") or 1, min_delta=stopper_cfg.get("min_delta", 0.0)
+        )
+    )
+    should_stop = stopper.update(row.val_nll)
+    stopped = bool(method is not None and stopper_cfg.get("patience") and should_stop)
+    history = load_checkpoint(state_path)["history"] if state_path.exists() else []
+    save_checkpoint(
+        out_model,
+        {
+            "model": model.state_dict(),
+            "flow_config": flow_config(exp, data.dim).to_dict(),
+            "round": round_index,
+            "method": method or "dense",
+            "seed": seed,
+        },
+        model,
+    )
+    record = {
+        **base,
+        "keep": keep,
+        "prune_ratio": row.prune_ratio,
+        "params_total": row.params_total,
+        "params_nonzero": row.params_nonzero,
+        "val_nll": row.val_nll,
+        "nfe_forward": row.nfe_forward,
+        "train_seconds": row.train_seconds,
+        "wall_seconds": time.perf_counter() - t0,
+        "device": str(device),
+        "skipped": False,
+        "stopped": stopped,
+        "early_stopping": stopper.to_dict(),
+        "history": history,
+    }
+    write_json(out_record, record)
+    state_path.unlink(missing_ok=True)
+    if stopped:
+        log.info(
+            "early stop at round %d/%d: validation NLL stopped improving", round_index, rounds_total
+        )
+    return record
+
+
+def evaluate_round(
+    exp: dict,
+    *,
+    data_dir: str | Path,
+    model_path: str | Path,
+    record_path: str | Path,
+    out_json: str | Path,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict:
+    """Test NLL of a round's model with the experiment's evaluation settings.
+
+    Skipped rounds (after an early stop) are not evaluated again: their metrics say so.
+    """
+    record = read_json(record_path)
+    if record.get("skipped"):
+        result = {"skipped": True, "test_nll": math.nan}
+        write_json(out_json, result)
+        return result
+    data = DataSplits.load(data_dir)
+    model = load_model(model_path, device)
+    tcfg = train_config(exp, seed=seed)
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    t0 = time.perf_counter()
+    res = evaluate_nll(
+        model,
+        data.test.to(device),
+        tcfg.eval_batch_size,
+        solver=tcfg.eval_solver,
+        trace=tcfg.eval_trace,
+        generator=gen,
+    )
+    result = {
+        "skipped": False,
+        "test_nll": res.nll,
+        "test_nll_stderr": res.stderr,
+        "test_bits_per_dim": res.bits_per_dim,
+        "n_test": res.n,
+        "nfe_eval": res.nfe,
+        "nll_unit": "nats",
+        "eval_seconds": time.perf_counter() - t0,
+    }
+    log.info(
+        "test NLL %.4f ± %.4f nats (%d points, %.1f s)",
+        res.nll,
+        res.stderr,
+        res.n,
+        result["eval_seconds"],
+    )
+    write_json(out_json, result)
+    return result
+
+
+def make_toy_data(exp: dict, out_dir: str | Path) -> DataSplits:
+    """Draw the experiment's toy data set (train / validation / test) and store it."""
+    from pipeline_lib.data.toy import generate_toy
+
+    settings = dict(exp.get("data") or {})
+    seed = settings.pop("seed", 0) or 0
+    kwargs = {k: v for k, v in settings.items() if v is not None}
+    splits = generate_toy(exp["dataset"], seed=seed, **kwargs)
+    splits.save(out_dir)
+    log.info("%s: train/val/test sizes %s", exp["dataset"], splits.sizes)
+    return splits

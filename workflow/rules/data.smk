@@ -1,0 +1,48 @@
+# Data: toy generators, and the MAF tabular archive (download -> extract -> preprocess).
+
+
+rule toy_data:
+    output:
+        directory(f"{RESULTS}/data/{{data_id}}"),
+    params:
+        exp=data_settings,
+    log:
+        f"{RESULTS}/logs/data/{{data_id}}.log",
+    conda:
+        ENV
+    wildcard_constraints:
+        data_id="(" + "|".join(TOY_DATASETS) + ")(-[0-9a-f]{8})?",
+    script:
+        "../scripts/toy_data.py"
+
+
+rule download_maf:
+    output:
+        protected(f"{RESOURCES}/maf/data.tar.gz"),
+    params:
+        url=config["data"]["maf_url"],
+        sha256=config["data"]["maf_sha256"],
+        size=config["data"]["maf_size"],
+        mirror=config["data"]["mirror"],
+    log:
+        f"{RESULTS}/logs/data/download_maf.log",
+    retries: 2
+    conda:
+        ENV
+    script:
+        "../scripts/download.py"
+
+
+rule tabular_data:
+    input:
+        archive=f"{RESOURCES}/maf/data.tar.gz",
+    output:
+        directory(f"{RESULTS}/data/{{data_id}}"),
+    log:
+        f"{RESULTS}/logs/data/{{data_id}}.log",
+    conda:
+        ENV
+    wildcard_constraints:
+        data_id="|".join(TABULAR_DATASETS),
+    script:
+        "../scripts/tabular_data.py"

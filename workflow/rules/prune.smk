@@ -1,0 +1,27 @@
+# Prune / retrain rounds r = 1..R with learning-rate rewinding (Algorithm 1, lines 4-7).
+# Round r reads round r-1; rounds after an early stop are pass-throughs that cost nothing.
+
+
+rule prune_round:
+    input:
+        unpack(previous_round),
+        data=experiment_data,
+    output:
+        model=protected(f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/model.pt"),
+        record=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/round.json",
+    params:
+        exp=experiment_params,
+        device=COMPUTE["device"],
+    log:
+        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.tsv"
+    threads: COMPUTE["threads"]
+    resources:
+        gpu=GPU,
+        runtime=COMPUTE["runtime_minutes"],
+        mem_mb=COMPUTE["mem_mb"],
+    conda:
+        ENV
+    script:
+        "../scripts/train_round.py"

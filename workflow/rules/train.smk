@@ -1,0 +1,25 @@
+# Dense warm start: round 0 of Algorithm 1 (Sparse Flows §3.2, line 2).
+
+
+rule train_dense:
+    input:
+        data=experiment_data,
+    output:
+        model=protected(f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/model.pt"),
+        record=f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/round.json",
+    params:
+        exp=experiment_params,
+        device=COMPUTE["device"],
+    log:
+        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/round000.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/round000.tsv"
+    threads: COMPUTE["threads"]
+    resources:
+        gpu=GPU,
+        runtime=COMPUTE["runtime_minutes"],
+        mem_mb=COMPUTE["mem_mb"],
+    conda:
+        ENV
+    script:
+        "../scripts/train_round.py"
