@@ -205,7 +205,8 @@ def train(
         TrainingDivergedError: non-finite loss or weights (nothing is written).
         SolverError: the ODE solver failed; the message names the epoch.
     """
-    device = next(model.parameters()).device
+    device = resolve_device(cfg.device)
+    model.to(device)
     train_x = train_x.to(device)
     val_x = val_x.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)

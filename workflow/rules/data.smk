@@ -4,14 +4,14 @@
 rule toy_data:
     output:
         directory(f"{RESULTS}/data/{{data_id}}"),
-    params:
-        exp=data_settings,
     log:
         f"{RESULTS}/logs/data/{{data_id}}.log",
-    conda:
-        ENV
     wildcard_constraints:
         data_id="(" + "|".join(TOY_DATASETS) + ")(-[0-9a-f]{8})?",
+    conda:
+        ENV
+    params:
+        exp=data_settings,
     script:
         "../scripts/toy_data.py"
 
@@ -19,16 +19,16 @@ rule toy_data:
 rule download_maf:
     output:
         protected(f"{RESOURCES}/maf/data.tar.gz"),
-    params:
-        url=config["data"]["maf_url"],
-        sha256=config["data"]["maf_sha256"],
-        size=config["data"]["maf_size"],
-        mirror=config["data"]["mirror"],
     log:
         f"{RESULTS}/logs/data/download_maf.log",
     retries: 2
     conda:
         ENV
+    params:
+        url=config["data"]["maf_url"],
+        sha256=config["data"]["maf_sha256"],
+        size=config["data"]["maf_size"],
+        mirror=config["data"]["mirror"],
     script:
         "../scripts/download.py"
 
@@ -40,9 +40,9 @@ rule tabular_data:
         directory(f"{RESULTS}/data/{{data_id}}"),
     log:
         f"{RESULTS}/logs/data/{{data_id}}.log",
-    conda:
-        ENV
     wildcard_constraints:
         data_id="|".join(TABULAR_DATASETS),
+    conda:
+        ENV
     script:
         "../scripts/tabular_data.py"

@@ -8,19 +8,19 @@ rule evaluate_nll:
         record=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/round.json",
     output:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/metrics/nll.json",
-    params:
-        exp=experiment_params,
-        device=COMPUTE["device"],
     log:
         f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{path}}/evaluate_nll.log",
     wildcard_constraints:
         path="round000|(unstructured|structured)/round[0-9]{3}",
+    conda:
+        ENV
     threads: COMPUTE["threads"]
     resources:
         gpu=GPU,
         runtime=COMPUTE["runtime_minutes"],
         mem_mb=COMPUTE["mem_mb"],
-    conda:
-        ENV
+    params:
+        exp=experiment_params,
+        device=COMPUTE["device"],
     script:
         "../scripts/evaluate_nll.py"

@@ -7,21 +7,23 @@ rule prune_round:
         unpack(previous_round),
         data=experiment_data,
     output:
-        model=protected(f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/model.pt"),
+        model=protected(
+            f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/model.pt"
+        ),
         record=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/round.json",
-    params:
-        exp=experiment_params,
-        device=COMPUTE["device"],
     log:
         f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.tsv"
+    conda:
+        ENV
     threads: COMPUTE["threads"]
     resources:
         gpu=GPU,
         runtime=COMPUTE["runtime_minutes"],
         mem_mb=COMPUTE["mem_mb"],
-    conda:
-        ENV
+    params:
+        exp=experiment_params,
+        device=COMPUTE["device"],
     script:
         "../scripts/train_round.py"

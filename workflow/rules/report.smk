@@ -46,12 +46,12 @@ rule tables:
         ),
         csv=f"{RESULTS}/tables/nll_{{dataset}}.csv",
         tex=f"{RESULTS}/tables/nll_{{dataset}}.tex",
-    params:
-        published=config["report"]["published_dir"],
     log:
         f"{RESULTS}/logs/tables/nll_{{dataset}}.log",
     conda:
         ENV
+    params:
+        published=config["report"]["published_dir"],
     script:
         "../scripts/tables.py"
 

@@ -7,19 +7,19 @@ rule train_dense:
     output:
         model=protected(f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/model.pt"),
         record=f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/round.json",
-    params:
-        exp=experiment_params,
-        device=COMPUTE["device"],
     log:
         f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/round000.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/round000.tsv"
+    conda:
+        ENV
     threads: COMPUTE["threads"]
     resources:
         gpu=GPU,
         runtime=COMPUTE["runtime_minutes"],
         mem_mb=COMPUTE["mem_mb"],
-    conda:
-        ENV
+    params:
+        exp=experiment_params,
+        device=COMPUTE["device"],
     script:
         "../scripts/train_round.py"
