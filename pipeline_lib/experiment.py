@@ -24,6 +24,7 @@ from pipeline_lib.sparse_flow import PruneConfig
 from pipeline_lib.training import TrainConfig
 
 __all__ = [
+    "check_experiment",
     "config_hash",
     "data_id",
     "describe_validation_error",
@@ -116,10 +117,9 @@ def round_count(exp: dict) -> int:
 def describe_validation_error(err: BaseException) -> str:
     """Turn a schema validation failure into one line naming the key, the problem and the fix."""
     inner = err
-    for arg in getattr(err, "args", ()):
-        if hasattr(arg, "absolute_path") and hasattr(arg, "message"):
-            inner = arg
-    if not hasattr(inner, "absolute_path"):
+    while inner is not None and not hasattr(inner, "absolute_path"):
+        inner = inner.__cause__ or inner.__context__
+    if inner is None:
         return f"invalid configuration: {err}"
     key = ".".join(str(p) for p in inner.absolute_path) or "<top level>"
     message = inner.message
@@ -130,3 +130,15 @@ def describe_validation_error(err: BaseException) -> str:
     else:
         fix = "see config/README.md for the allowed values"
     return f"invalid configuration at '{key}': {message}; {fix}"
+
+
+def check_experiment(name: str, exp: dict) -> None:
+    """Build every typed configuration of an experiment so that inconsistent settings (e.g. a
+    fixed-grid solver without a step size) fail at start-up, naming the experiment."""
+    try:
+        flow_config(exp, dim=2)
+        train_config(exp, seed=0)
+        for method in (exp.get("prune") or {}).get("methods", ["unstructured"]):
+            prune_config(exp, method).keep_ratios()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid configuration of experiments.{name}: {err}") from None

@@ -9,6 +9,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
+    check_experiment,
     data_id,
     describe_validation_error,
     expand_experiments,
@@ -22,6 +23,8 @@ try:
     validate({"experiments": EXPERIMENTS}, SCHEMA)
 except Exception as err:
     raise ValueError(describe_validation_error(err)) from None
+for _name, _exp in EXPERIMENTS.items():
+    check_experiment(_name, _exp)
 
 RESULTS = config["results"]
 RESOURCES = config["resources"]
@@ -81,6 +84,13 @@ def experiment_records(w):
         d = f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
         files += [f"{d}/round.json", f"{d}/metrics/nll.json"]
     return files
+
+
+def final_targets():
+    """What `rule all` builds: nothing when the configuration defines no experiment."""
+    if not EXPERIMENTS:
+        return []
+    return [SUMMARY, *all_tables(), *all_figures()]
 
 
 def all_experiment_summaries():

@@ -33,9 +33,22 @@ rule download_maf:
         "../scripts/download.py"
 
 
+rule extract_maf:
+    input:
+        f"{RESOURCES}/maf/data.tar.gz",
+    output:
+        directory(f"{RESOURCES}/maf/extracted"),
+    log:
+        f"{RESULTS}/logs/data/extract_maf.log",
+    conda:
+        ENV
+    script:
+        "../scripts/extract.py"
+
+
 rule tabular_data:
     input:
-        archive=f"{RESOURCES}/maf/data.tar.gz",
+        raw=f"{RESOURCES}/maf/extracted",
     output:
         directory(f"{RESULTS}/data/{{data_id}}"),
     log:

@@ -1,0 +1,264 @@
+"""The Snakemake workflow: plans, config validation, a tiny end-to-end run, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
+
+
+def snakemake(args, workdir: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+def dry_run(configfile: Path, tmp_path: Path) -> dict[str, int]:
+    res = snakemake(["-n", "--cores", "2", "--configfile", str(configfile)], tmp_path)
+    assert res.returncode == 0, res.stderr + res.stdout
+    return job_counts(res.stdout)
+
+
+def expected(datasets: int, seeds: int, methods: int, rounds: int) -> dict[str, int]:
+    runs = datasets * seeds
+    return {
+        "train_dense": runs,
+        "prune_round": runs * methods * rounds,
+        "evaluate_nll": runs * (1 + methods * rounds),
+    }
+
+
+@pytest.mark.parametrize(
+    "name, datasets, seeds, rounds_of",
+    [
+        ("config/config.yaml", 3, 1, None),
+        ("config/paper/toy.yaml", 3, 3, None),
+        ("config/paper/tabular.yaml", 5, 3, None),
+        ("config/paper/ablation.yaml", 25, 3, None),
+    ],
+)
+def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
+    cfg = yaml.safe_load((REPO / name).read_text())
+    counts = dry_run(REPO / name, tmp_path)
+    exps = cfg["experiments"]
+    # rounds per experiment, computed here from the config independently of the workflow
+    total_rounds = 0
+    for exp in exps.values():
+        p = exp["prune"]
+        sweep = exp.get("sweep") or {}
+        n_combos = 1
+        for values in sweep.values():
+            n_combos *= len(values)
+        if p.get("schedule") == "paper_toy":
+            r = 29
+        elif p.get("target_prune_ratio"):
+            r, keep = 0, 1.0
+            while 1 - keep < p["target_prune_ratio"] - 1e-12:
+                keep *= 1 - p["prune_ratio_per_round"]
+                r += 1
+        else:
+            r = p["rounds"]
+        total_rounds += n_combos * len(exp["seeds"]) * len(p["methods"]) * r
+    assert counts["train_dense"] == datasets * seeds
+    assert counts["prune_round"] == total_rounds
+    assert counts["evaluate_nll"] == datasets * seeds + total_rounds
+    assert counts["summary"] == 1 and counts["figures"] == 1
+    assert counts["tables"] == len({e["dataset"] for e in exps.values()})
+    if "tabular" in name:
+        assert counts["download_maf"] == 1 and counts["tabular_data"] == 5
+        # rounds to the last published row of Tables S4-S8 (POWER, GAS, HEPMASS, MINIBOONE, BSDS300)
+        assert total_rounds == 3 * 2 * (8 + 8 + 12 + 18 + 8)
+
+
+def test_images_config_plans_nothing_yet(tmp_path):
+    res = snakemake(
+        ["-n", "--cores", "1", "--configfile", str(REPO / "config/paper/images.yaml")], tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    assert "prune_round" not in res.stdout
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"trian": {}}, r"experiments\.bad.*'trian' was unexpected"),
+        ({"dataset": "mnist2"}, r"experiments\.bad\.dataset.*use one of"),
+        (
+            {"prune": {"prune_ratio_per_round": 1.5}},
+            r"experiments\.bad\.prune\.prune_ratio_per_round",
+        ),
+        ({"train": {"epochs": -3}}, r"experiments\.bad\.train\.epochs.*minimum"),
+        ({"solver": {"method": "rk4"}}, r"step_size"),
+    ],
+)
+def test_invalid_config_fails_before_any_job(tmp_path, edit, message):
+    exp = {"dataset": "gaussians", **edit}
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"experiments": {"bad": exp}}))
+    res = snakemake(["-n", "--cores", "1", "--configfile", str(cfg)], tmp_path)
+    assert res.returncode != 0
+    assert re.search(message, res.stderr + res.stdout), res.stderr
+    assert "Job stats" not in res.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def tiny_config(
+    tmp_path: Path, epochs: int = 2, n_per_mode: int = 100, extra: dict | None = None
+) -> Path:
+    base = {
+        "dataset": "gaussians",
+        "data": {"n_per_mode": n_per_mode},
+        "seeds": [0],
+        "model": {"hidden_dims": [16, 16], "activation": "tanh", "trace": "exact"},
+        "solver": {"method": "rk4", "step_size": 0.5},
+        "train": {"optimizer": "adamw", "lr": 1.0e-2, "epochs": epochs, "batch_size": 128},
+        "evaluation": {"trace": "exact"},
+        "prune": {
+            "methods": ["unstructured", "structured"],
+            "prune_ratio_per_round": 0.4,
+            "rounds": 2,
+        },
+    }
+    cfg = {
+        "results": "results",
+        "report": {"published_dir": str(REPO / "config" / "published")},
+        "compute": {"device": "cpu", "threads": 1},
+        "experiments": {"tiny": base, **(extra or {})},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_tiny_end_to_end_run(tmp_path):
+    stop = {
+        "dataset": "gaussians",
+        "data": {"n_per_mode": 100},
+        "model": {"hidden_dims": [8], "trace": "exact"},
+        "solver": {"method": "rk4", "step_size": 0.5},
+        "train": {"epochs": 1, "batch_size": 128},
+        "evaluation": {"trace": "exact"},
+        "prune": {
+            "methods": ["unstructured"],
+            "prune_ratio_per_round": 0.3,
+            "rounds": 3,
+            "patience": 1,
+            "min_delta": 1.0e9,
+        },
+    }
+    cfg = tiny_config(tmp_path, extra={"stopper": stop})
+    t0 = time.time()
+    res = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path, timeout=180)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert time.time() - t0 < 180
+    results = tmp_path / "results"
+    df = pd.read_parquet(results / "summary.parquet")
+    required = {
+        "experiment",
+        "dataset",
+        "method",
+        "seed",
+        "round",
+        "prune_ratio",
+        "params_total",
+        "params_nonzero",
+        "val_nll",
+        "test_nll",
+        "nll_unit",
+        "nfe_forward",
+        "train_seconds",
+        "config_hash",
+    }
+    assert required <= set(df.columns)
+    tiny = df[df.experiment == "tiny"]
+    assert sorted(tiny.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
+    assert tiny["test_nll"].notna().all()
+    # early stop after round 1: round 2 and 3 are pass-throughs without rows
+    assert sorted(df[df.experiment == "stopper"]["round"]) == [0, 1]
+    skipped = results / "stopper/seed0/unstructured/round003/round.json"
+    assert '"skipped": true' in skipped.read_text()
+    assert "skipped" in (results / "logs/stopper/seed0/unstructured/round002.log").read_text()
+    assert (results / "tables/nll_gaussians.md").read_text().count("tiny") >= 3
+    assert (results / "figures/nll_vs_prune_ratio.png").stat().st_size > 10_000
+    # progress in the logs: epochs, NFE, round r of R
+    log = (results / "logs/tiny/seed0/unstructured/round002.log").read_text()
+    assert "round 2/2 | epoch 2/2" in log and "NFE" in log
+    # editing a figure's script reruns only the report rules
+    res = snakemake(
+        ["-n", "--cores", "1", "--configfile", str(cfg), "--forcerun", "figures"], tmp_path
+    )
+    counts = job_counts(res.stdout)
+    assert set(counts) == {"figures", "all", "total"}
+
+
+def summary_rows(results: Path) -> pd.DataFrame:
+    df = pd.read_parquet(results / "summary.parquet")
+    return (
+        df.drop(columns=["train_seconds"]).sort_values(["method", "round"]).reset_index(drop=True)
+    )
+
+
+def test_kill_during_prune_round_then_resume(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for d in (straight, killed):
+        d.mkdir()
+    cfg_kw = dict(epochs=5, n_per_mode=300)
+    res = snakemake(
+        ["--cores", "2", "--configfile", str(tiny_config(straight, **cfg_kw))], straight
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    cfg = tiny_config(killed, **cfg_kw)
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(killed), "--cores", "1", "--configfile", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    state = killed / "results/tiny/seed0/unstructured/round002/train_state.pt"
+    try:
+        deadline = time.time() + 150
+        while not state.exists():
+            assert proc.poll() is None, "workflow finished before round 2 was in flight"
+            assert time.time() < deadline, "round 2 never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    r1 = killed / "results/tiny/seed0/unstructured/round001/model.pt"
+    dense = killed / "results/tiny/seed0/round000/model.pt"
+    stamps = {p: p.stat().st_mtime_ns for p in (r1, dense)}
+    assert not (killed / "results/tiny/seed0/unstructured/round002/model.pt").exists()
+
+    # a SIGKILLed Snakemake leaves its lock behind: --unlock, then the same command again
+    assert snakemake(["--unlock", "--configfile", str(cfg)], killed).returncode == 0
+    res = snakemake(["--cores", "1", "--configfile", str(cfg), "--rerun-incomplete"], killed)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # earlier rounds not retrained
+    log = (killed / "results/logs/tiny/seed0/unstructured/round002.log").read_text()
+    assert "resuming from" in log
+    pd.testing.assert_frame_equal(
+        summary_rows(straight / "results"), summary_rows(killed / "results"), atol=1e-6
+    )
