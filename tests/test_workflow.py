@@ -205,6 +205,11 @@ def test_tiny_end_to_end_run(tmp_path):
     # progress in the logs: epochs, NFE, round r of R
     log = (results / "logs/tiny/seed0/unstructured/round002.log").read_text()
     assert "round 2/2 | epoch 2/2" in log and "NFE" in log
+    # the HTML report bundles the figure and tables with their captions
+    res = snakemake(["--configfile", str(cfg), "--report", "report.html"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "nll_vs_prune_ratio.png" in html and "nll_gaussians.md" in html
     # editing a figure's script reruns only the report rules
     res = snakemake(
         ["-n", "--cores", "1", "--configfile", str(cfg), "--forcerun", "figures"], tmp_path

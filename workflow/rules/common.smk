@@ -21,10 +21,12 @@ try:
     validate(config, SCHEMA)
     EXPERIMENTS = expand_experiments(config["experiments"])
     validate({"experiments": EXPERIMENTS}, SCHEMA)
+    for _name, _exp in EXPERIMENTS.items():
+        check_experiment(_name, _exp)
+except ValueError:
+    raise
 except Exception as err:
     raise ValueError(describe_validation_error(err)) from None
-for _name, _exp in EXPERIMENTS.items():
-    check_experiment(_name, _exp)
 
 RESULTS = config["results"]
 RESOURCES = config["resources"]
@@ -87,7 +89,7 @@ def experiment_records(w):
 
 
 def final_targets():
-    """What `rule all` builds: nothing when the configuration defines no experiment."""
+    """The default target: nothing when the configuration defines no experiment."""
     if not EXPERIMENTS:
         return []
     return [SUMMARY, *all_tables(), *all_figures()]
