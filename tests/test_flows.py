@@ -154,3 +154,14 @@ def test_bad_solver_config_is_explained():
         SolverConfig(method="dopri")
     with pytest.raises(ValueError, match="activation"):
         ODENet(2, (4,), activation="gelu")
+
+
+def test_sampling_without_density_gives_the_same_points_cheaper():
+    torch.manual_seed(0)
+    flow = build_flow(FlowConfig(dim=2, hidden_dims=(8,), solver=SolverConfig(method="rk4", step_size=0.25)))
+    with torch.no_grad():
+        flow.reset_nfe()
+        x1, logp = flow.sample(16, generator=torch.Generator().manual_seed(3))
+        x2, none = flow.sample(16, generator=torch.Generator().manual_seed(3), with_log_prob=False)
+    assert none is None and logp is not None
+    assert torch.allclose(x1, x2, atol=1e-6)

@@ -403,7 +403,9 @@ def evaluate_modes(
     try:
         for start in range(0, n_samples, batch_size):
             size = min(batch_size, n_samples - start)
-            x, _ = model.sample(size, solver=solver, generator=generator, trace=trace)
+            x, _ = model.sample(
+                size, solver=solver, generator=generator, trace=trace, with_log_prob=False
+            )
             chunks.append(x.detach().to("cpu", torch.float64))
     finally:
         model.train(was_training)

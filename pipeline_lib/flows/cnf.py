@@ -148,6 +148,8 @@ class CNFDynamics(nn.Module):
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         self.nfe += 1
         z = state[0]
+        if len(state) == 1:  # sampling without density: the state alone
+            return (self.net(t, z),)
         regularize = len(state) == 4
         # Outside autograd (evaluation, adjoint forward pass) the trace needs no graph.
         create_graph = torch.is_grad_enabled()
@@ -236,11 +238,13 @@ class CNF(nn.Module):
         solver: SolverConfig | None = None,
         generator: torch.Generator | None = None,
         trace: TraceMethod | None = None,
+        density: bool = True,
     ) -> tuple[torch.Tensor, ...]:
         """Integrate from t=0 to T (or T to 0 with ``reverse``).
 
         Returns ``(z_T, delta_logp_T)`` and, with ``regularize``, the integrated kinetic energy
-        and Jacobian Frobenius norm per sample.
+        and Jacobian Frobenius norm per sample. With ``density=False`` only the state is
+        integrated (no trace: cheaper sampling) and ``delta_logp`` is returned unchanged.
         """
         solver = solver or self.solver
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
@@ -272,6 +276,8 @@ class CNF(nn.Module):
         finally:
             dyn.noise = None
             dyn.trace = previous_trace
+        if not density:
+            return out[0][-1], delta_logp
         return tuple(s[-1] for s in out)
 
 
@@ -339,15 +345,23 @@ class ContinuousFlow(nn.Module):
         solver: SolverConfig | None = None,
         trace: TraceMethod | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map base points z to data x; returns ``(x, log p(x))``."""
+        with_log_prob: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Map base points z to data x; returns ``(x, log p(x))`` (``log p`` is None without
+        ``with_log_prob``, which skips the trace and is cheaper)."""
         x = z
         delta = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for block in reversed(self.blocks):
             x, delta = block(
-                x, delta, reverse=True, solver=solver, trace=trace, generator=generator
+                x,
+                delta,
+                reverse=True,
+                solver=solver,
+                trace=trace,
+                generator=generator,
+                density=with_log_prob,
             )
-        return x, standard_normal_logprob(z) + delta
+        return x, (standard_normal_logprob(z) + delta) if with_log_prob else None
 
     def sample(
         self,
@@ -355,8 +369,12 @@ class ContinuousFlow(nn.Module):
         solver: SolverConfig | None = None,
         generator: torch.Generator | None = None,
         trace: TraceMethod | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` samples; returns ``(x, log p(x))``."""
+        with_log_prob: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draw ``n`` samples; returns ``(x, log p(x))`` (``log p`` None without
+        ``with_log_prob``)."""
         ref = next(self.parameters())
         z = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device, generator=generator)
-        return self.inverse(z, solver=solver, trace=trace, generator=generator)
+        return self.inverse(
+            z, solver=solver, trace=trace, generator=generator, with_log_prob=with_log_prob
+        )
