@@ -11,14 +11,14 @@ Files of one run (the layout documented in ``results/README.md``):
   timings, early-stopping state, per-epoch history);
 - ``<round dir>/train_state.pt`` — the in-flight training checkpoint (not a workflow output:
   it survives a killed job so that the rerun resumes, and is removed when the round is done);
-- ``<round dir>/metrics/nll.json`` — test NLL of the round's model.
+- ``<round dir>/metrics/{nll,samples,hessian}.json``, ``snapshot.npz`` — test NLL, good
+  samples and the density / vector-field arrays of 2-D flows, Hessian metrics.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -37,7 +37,7 @@ from pipeline_lib.sparse_flow import sparse_flow_round
 from pipeline_lib.training import load_checkpoint, save_checkpoint
 
 __all__ = [
-    "evaluate_round",
+    "evaluate_checkpoint",
     "make_toy_data",
     "load_model",
     "read_json",
@@ -201,27 +201,20 @@ def train_round(
     return record
 
 
-def evaluate_round(
-    exp: dict,
-    *,
-    data_dir: str | Path,
-    model_path: str | Path,
-    record_path: str | Path,
-    out_json: str | Path,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> dict:
-    """Test NLL of a round's model with the experiment's evaluation settings.
+def make_toy_data(exp: dict, out_dir: str | Path) -> DataSplits:
+    """Draw the experiment's toy data set (train / validation / test) and store it."""
+    from pipeline_lib.data.toy import generate_toy
 
-    Skipped rounds (after an early stop) are not evaluated again: their metrics say so.
-    """
-    record = read_json(record_path)
-    if record.get("skipped"):
-        result = {"skipped": True, "test_nll": math.nan}
-        write_json(out_json, result)
-        return result
-    data = DataSplits.load(data_dir)
-    model = load_model(model_path, device)
+    settings = dict(exp.get("data") or {})
+    seed = settings.pop("seed", 0) or 0
+    kwargs = {k: v for k, v in settings.items() if v is not None}
+    splits = generate_toy(exp["dataset"], seed=seed, **kwargs)
+    splits.save(out_dir)
+    log.info("%s: train/val/test sizes %s", exp["dataset"], splits.sizes)
+    return splits
+
+
+def _test_nll(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
     tcfg = train_config(exp, seed=seed)
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     t0 = time.perf_counter()
@@ -234,34 +227,115 @@ def evaluate_round(
         generator=gen,
     )
     result = {
-        "skipped": False,
         "test_nll": res.nll,
         "test_nll_stderr": res.stderr,
         "test_bits_per_dim": res.bits_per_dim,
         "n_test": res.n,
         "nfe_eval": res.nfe,
         "nll_unit": "nats",
-        "eval_seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0,
     }
     log.info(
         "test NLL %.4f ± %.4f nats (%d points, %.1f s)",
         res.nll,
         res.stderr,
         res.n,
-        result["eval_seconds"],
+        result["seconds"],
     )
-    write_json(out_json, result)
     return result
 
 
-def make_toy_data(exp: dict, out_dir: str | Path) -> DataSplits:
-    """Draw the experiment's toy data set (train / validation / test) and store it."""
-    from pipeline_lib.data.toy import generate_toy
+def _samples(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int):
+    """Good-quality samples (§4.4, Table 4) where the data has Gaussian modes, and the density /
+    vector-field snapshot of Figs. 5–6, for 2-D toy flows."""
+    from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS
+    from pipeline_lib.evaluation.density import flow_snapshot
+    from pipeline_lib.evaluation.modes import evaluate_modes
 
-    settings = dict(exp.get("data") or {})
-    seed = settings.pop("seed", 0) or 0
-    kwargs = {k: v for k, v in settings.items() if v is not None}
-    splits = generate_toy(exp["dataset"], seed=seed, **kwargs)
-    splits.save(out_dir)
-    log.info("%s: train/val/test sizes %s", exp["dataset"], splits.sizes)
-    return splits
+    cfg = (exp.get("evaluation") or {}).get("samples") or {}
+    if not cfg.get("enabled", True) or data.dim != 2:
+        return {"enabled": False}, None
+    tcfg = train_config(exp, seed=seed)
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"enabled": True}
+    if exp["dataset"] in GAUSSIAN_MODE_DATASETS:
+        result.update(
+            evaluate_modes(
+                model,
+                data,
+                n_samples=cfg.get("n_samples", 20_000),
+                n_std=cfg.get("n_std", (2, 3, 5)),
+                solver=tcfg.eval_solver,
+                generator=gen,
+            )
+        )
+    snap = flow_snapshot(
+        model,
+        extent=cfg.get("grid_extent", 3.0),
+        resolution=cfg.get("grid_resolution", 100),
+        n_samples=cfg.get("snapshot_samples", 2000),
+        solver=tcfg.eval_solver,
+        trace=tcfg.eval_trace,
+        generator=gen,
+    )
+    result["seconds"] = time.perf_counter() - t0
+    log.info("samples: good %s, %.1f s", result.get("good_pct"), result["seconds"])
+    return result, snap.to_npz()
+
+
+def _hessian(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
+    """Hessian eigen-analysis on training data (§4.5, Table 5, S11–S12): λ_max, trace and κ of
+    the NLL Hessian restricted to the unpruned parameters."""
+    from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
+
+    settings = dict((exp.get("evaluation") or {}).get("hessian") or {})
+    if not settings.pop("enabled", True):
+        return {"enabled": False}
+    cfg = HessianConfig.from_dict({**settings, "seed": seed, "noise_seed": seed})
+    result = {"enabled": True, **hessian_metrics(model, data.train.to(device), cfg)}
+    log.info(
+        "Hessian: λ_max %.4g, trace %.4g, κ %.4g (%d HVPs, %.1f s)",
+        result["lambda_max"],
+        result["trace"],
+        result["kappa"],
+        result["n_hvp"],
+        result["seconds"],
+    )
+    return result
+
+
+def evaluate_checkpoint(
+    exp: dict,
+    *,
+    data_dir: str | Path,
+    model_path: str | Path,
+    record_path: str | Path,
+    out: dict[str, str | Path],
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict:
+    """Evaluate one checkpoint; ``out`` maps ``nll``, ``samples``, ``snapshot``, ``hessian`` to
+    the files to write. Rounds skipped after an early stop are not evaluated again (their
+    files say ``skipped``); parts that are disabled or do not apply say ``enabled: false``.
+    """
+    import numpy as np
+
+    record = read_json(record_path)
+    if record.get("skipped"):
+        results = {k: {"skipped": True} for k in ("nll", "samples", "hessian")}
+        snapshot = None
+    else:
+        data = DataSplits.load(data_dir)
+        model = load_model(model_path, device)
+        results = {
+            "nll": _test_nll(exp, model, data, device, seed),
+            "hessian": _hessian(exp, model, data, device, seed),
+        }
+        results["samples"], snapshot = _samples(exp, model, data, device, seed)
+    tmp = Path(out["snapshot"]).with_name(".snapshot.tmp.npz")
+    np.savez_compressed(tmp, **(snapshot or {"available": np.array(False)}))
+    os.replace(tmp, out["snapshot"])
+    for key, payload in results.items():
+        write_json(out[key], payload)
+    return results

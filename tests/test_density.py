@@ -11,7 +11,12 @@ from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
 def test_density_on_grid_integrates_to_one_and_field_is_f_at_t0():
     torch.manual_seed(0)
     flow = build_flow(
-        FlowConfig(dim=2, hidden_dims=(16,), activation="tanh", solver=SolverConfig(method="rk4", step_size=0.25))
+        FlowConfig(
+            dim=2,
+            hidden_dims=(16,),
+            activation="tanh",
+            solver=SolverConfig(method="rk4", step_size=0.25),
+        )
     ).double()
     with torch.no_grad():  # a non-trivial flow: scale up the weights
         for p in flow.parameters():

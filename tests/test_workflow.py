@@ -46,7 +46,7 @@ def expected(datasets: int, seeds: int, methods: int, rounds: int) -> dict[str, 
     return {
         "train_dense": runs,
         "prune_round": runs * methods * rounds,
-        "evaluate_nll": runs * (1 + methods * rounds),
+        "evaluate": runs * (1 + methods * rounds),
     }
 
 
@@ -83,7 +83,7 @@ def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
         total_rounds += n_combos * len(exp["seeds"]) * len(p["methods"]) * r
     assert counts["train_dense"] == datasets * seeds
     assert counts["prune_round"] == total_rounds
-    assert counts["evaluate_nll"] == datasets * seeds + total_rounds
+    assert counts["evaluate"] == datasets * seeds + total_rounds
     assert counts["summary"] == 1 and counts["figures"] == 1
     assert counts["tables"] == len({e["dataset"] for e in exps.values()})
     if "tabular" in name:
@@ -195,6 +195,7 @@ def test_tiny_end_to_end_run(tmp_path):
     tiny = df[df.experiment == "tiny"]
     assert sorted(tiny.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
     assert tiny["test_nll"].notna().all()
+    assert tiny["lambda_max"].notna().all() and tiny["good_pct_3"].between(0, 100).all()
     # early stop after round 1: round 2 and 3 are pass-throughs without rows
     assert sorted(df[df.experiment == "stopper"]["round"]) == [0, 1]
     skipped = results / "stopper/seed0/unstructured/round003/round.json"

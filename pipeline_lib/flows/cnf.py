@@ -142,6 +142,9 @@ class CNFDynamics(nn.Module):
             raise ValueError(f"unknown trace method {trace!r}; choose 'hutchinson' or 'exact'")
         self.net = net
         self.trace = trace
+        # Set by CNF.forward before every solve and kept afterwards: the adjoint method
+        # evaluates the dynamics again during the backward pass, with the same noise and trace.
+        self.solve_trace: str = trace
         self.noise: torch.Tensor | None = None
         self.nfe = 0
 
@@ -157,7 +160,7 @@ class CNFDynamics(nn.Module):
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             dz = self.net(t, z)
-            if self.trace == "exact":
+            if self.solve_trace == "exact":
                 div, frob = self._exact(dz, z, create_graph, regularize)
             else:
                 e = self.noise
@@ -251,12 +254,14 @@ class CNF(nn.Module):
         T = self.end_time.to(z.dtype)
         times = torch.stack([T, zero]) if reverse else torch.stack([zero, T])
         dyn = self.dynamics
-        previous_trace = dyn.trace
-        if trace is not None:
-            dyn.trace = trace
-        dyn.noise = _sample_noise(z, self.noise, generator) if dyn.trace == "hutchinson" else None
-        state: tuple[torch.Tensor, ...] = (z, delta_logp)
-        if regularize:
+        dyn.solve_trace = trace or dyn.trace
+        dyn.noise = (
+            _sample_noise(z, self.noise, generator)
+            if dyn.solve_trace == "hutchinson" and density
+            else None
+        )
+        state: tuple[torch.Tensor, ...] = (z, delta_logp) if density else (z,)
+        if regularize and density:
             zeros = torch.zeros_like(delta_logp)
             state = (*state, zeros, zeros.clone())
         try:
@@ -273,9 +278,6 @@ class CNF(nn.Module):
                 "the learning rate, loosen solver.rtol/atol, raise solver.max_num_steps, or use a "
                 "fixed-step solver (rk4 with solver.step_size)."
             ) from err
-        finally:
-            dyn.noise = None
-            dyn.trace = previous_trace
         if not density:
             return out[0][-1], delta_logp
         return tuple(s[-1] for s in out)

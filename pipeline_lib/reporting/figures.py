@@ -17,7 +17,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["METHOD_COLORS", "plot_nll_vs_prune_ratio", "style"]
+__all__ = [
+    "METHOD_COLORS",
+    "checkpoint_key",
+    "plot_density_grid",
+    "plot_metrics_vs_prune_ratio",
+    "plot_nll_vs_prune_ratio",
+    "plot_vector_fields",
+    "style",
+]
 
 METHOD_COLORS = {"unstructured": "#1f77b4", "structured": "#d62728"}
 
@@ -69,6 +77,195 @@ def plot_nll_vs_prune_ratio(
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(experiments) :]:
         ax.set_visible(False)
+    fig.tight_layout()
+    _save(fig, png, pdf)
+    return fig
+
+
+def checkpoint_key(path: str | Path) -> tuple[str, int, str, int]:
+    """(experiment, seed, method, round) of a file under a round directory; round 0 is 'dense'."""
+    parts = Path(path).parts
+    i = next(k for k, p in enumerate(parts) if p.startswith("round") and p[5:].isdigit())
+    rnd = int(parts[i][5:])
+    if rnd == 0:
+        return parts[i - 2], int(parts[i - 1][4:]), "dense", 0
+    return parts[i - 3], int(parts[i - 2][4:]), parts[i - 1], rnd
+
+
+def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
+    import numpy as np
+
+    out = {}
+    for p in paths:
+        with np.load(p) as z:
+            if "log_density" in z:
+                out[checkpoint_key(p)] = {k: z[k] for k in z.files}
+    return out
+
+
+def _prune_ratios(df: pd.DataFrame) -> dict[tuple[str, int, str, int], float]:
+    ratios = {}
+    for row in df.itertuples():
+        method = "dense" if row.round == 0 else row.method
+        ratios[(row.experiment, row.seed, method, row.round)] = row.prune_ratio
+    return ratios
+
+
+def plot_density_grid(
+    summary_path: str | Path,
+    snapshot_paths,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    max_columns: int = 6,
+):
+    """Learned density per prune ratio (Sparse Flows Fig. 5): one row per 2-D experiment and
+    method (first seed), columns from the dense flow to the sparsest round."""
+    import numpy as np
+
+    style()
+    snaps = _load_snapshots(snapshot_paths)
+    ratios = _prune_ratios(pd.read_parquet(summary_path))
+    rows = sorted({(e, s, m) for (e, s, m, r) in snaps if m != "dense"})
+    if not rows:
+        rows = sorted({(e, s, "dense") for (e, s, m, r) in snaps})
+    fig, axes = plt.subplots(
+        len(rows), max_columns, figsize=(1.9 * max_columns, 2.0 * len(rows)), squeeze=False
+    )
+    for ax_row, (exp, seed, method) in zip(axes, rows, strict=True):
+        rounds = sorted(r for (e, s, m, r) in snaps if (e, s, m) == (exp, seed, method))
+        keys = [(exp, seed, "dense", 0)] + [(exp, seed, method, r) for r in rounds]
+        keys = [k for k in keys if k in snaps]
+        pick = np.unique(
+            np.linspace(0, len(keys) - 1, min(max_columns, len(keys))).round().astype(int)
+        )
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, idx in zip(ax_row, pick, strict=False):
+            snap = snaps[keys[idx]]
+            g = snap["grid"]
+            ax.imshow(
+                np.exp(snap["log_density"]),
+                origin="lower",
+                extent=(g[0], g[-1], g[0], g[-1]),
+                cmap="magma",
+                interpolation="bilinear",
+            )
+            ax.set_title(f"PR {100 * ratios.get(keys[idx], 0.0):.0f}%", fontsize=8)
+        ax_row[0].text(
+            -0.08,
+            0.5,
+            f"{exp}\n{method}",
+            transform=ax_row[0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    _save(fig, png, pdf)
+    return fig
+
+
+def plot_vector_fields(
+    summary_path: str | Path,
+    snapshot_paths,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    target_prune_ratio: float = 0.7,
+):
+    """Vector field f(z, t=0) with samples, dense vs pruned near ``target_prune_ratio``
+    (Sparse Flows Fig. 6 and S1), one row per 2-D experiment (first seed, unstructured)."""
+    import numpy as np
+
+    style()
+    snaps = _load_snapshots(snapshot_paths)
+    ratios = _prune_ratios(pd.read_parquet(summary_path))
+    exps = sorted({(e, s) for (e, s, m, r) in snaps})
+    exps = [min(g for g in exps if g[0] == e) for e in sorted({e for e, _ in exps})]
+    fig, axes = plt.subplots(len(exps), 2, figsize=(7.5, 3.6 * len(exps)), squeeze=False)
+    for ax_row, (exp, seed) in zip(axes, exps, strict=True):
+        pruned = [k for k in snaps if k[:2] == (exp, seed) and k[2] == "unstructured"]
+        pruned = pruned or [k for k in snaps if k[:2] == (exp, seed) and k[2] != "dense"]
+        choices = [(exp, seed, "dense", 0)]
+        if pruned:
+            choices.append(min(pruned, key=lambda k: abs(ratios.get(k, 0.0) - target_prune_ratio)))
+        for ax, key in zip(ax_row, choices, strict=False):
+            snap = snaps[key]
+            g = snap["field_grid"]
+            gx, gy = np.meshgrid(g, g, indexing="xy")
+            ax.scatter(
+                snap["samples"][:, 0], snap["samples"][:, 1], s=1, alpha=0.3, color="#1f77b4"
+            )
+            ax.quiver(gx, gy, snap["field"][..., 0], snap["field"][..., 1], color="k", alpha=0.8)
+            ax.set_title(
+                f"{exp}: {'unpruned' if key[3] == 0 else f'pruned {100 * ratios.get(key, 0):.0f}%'}"
+            )
+            ax.set_aspect("equal")
+        for ax in ax_row[len(choices) :]:
+            ax.set_visible(False)
+    fig.tight_layout()
+    _save(fig, png, pdf)
+    return fig
+
+
+#: Metrics that can be drawn against the prune ratio: column -> axis label.
+METRIC_LABELS = {
+    "lambda_max": r"$\lambda_{max}$ of the NLL Hessian",
+    "hessian_trace": "trace of the NLL Hessian",
+    "kappa": r"condition number $\kappa$",
+    "good_pct_2": "good samples, n=2 (%)",
+    "good_pct_3": "good samples, n=3 (%)",
+}
+
+
+def plot_metrics_vs_prune_ratio(
+    summary_path: str | Path,
+    metrics,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    log_scale=("kappa",),
+):
+    """Evaluation metrics against prune ratio (Table 5 / Table 4 as curves), mean ± std over
+    seeds, one column per metric and one row per experiment that has it."""
+    style()
+    df = pd.read_parquet(summary_path)
+    metrics = [m for m in metrics if m in df and df[m].notna().any()]
+    experiments = (
+        sorted(df[df[metrics].notna().any(axis=1)]["experiment"].unique()) if metrics else []
+    )
+    if not metrics or not experiments:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no such metrics in this run", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, png, pdf)
+        return fig
+    fig, axes = plt.subplots(
+        len(experiments),
+        len(metrics),
+        figsize=(3.8 * len(metrics), 3.0 * len(experiments)),
+        squeeze=False,
+    )
+    for ax_row, exp in zip(axes, experiments, strict=True):
+        sub = df[df["experiment"] == exp]
+        for ax, metric in zip(ax_row, metrics, strict=True):
+            for method, g in sub.groupby("method"):
+                agg = g.groupby("round").agg(
+                    pr=("prune_ratio", "mean"), mean=(metric, "mean"), std=(metric, "std")
+                )
+                color = METHOD_COLORS.get(method)
+                ax.plot(100 * agg["pr"], agg["mean"], "o-", ms=3, color=color, label=method)
+                ax.fill_between(
+                    100 * agg["pr"],
+                    agg["mean"] - agg["std"].fillna(0),
+                    agg["mean"] + agg["std"].fillna(0),
+                    color=color,
+                    alpha=0.2,
+                )
+            if metric in log_scale:
+                ax.set_yscale("log")
+            ax.set_title(exp, fontsize=9)
+            ax.set_xlabel("prune ratio (%)")
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, png, pdf)
     return fig

@@ -7,6 +7,7 @@ method's curve starts at prune ratio 0. Rounds skipped after an early stop carry
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -37,6 +38,16 @@ SUMMARY_COLUMNS = [
     "stopped",
 ]
 
+#: Optional metric columns: (file in metrics/, key there, column).
+METRIC_COLUMNS = [
+    ("hessian.json", "lambda_max", "lambda_max"),
+    ("hessian.json", "trace", "hessian_trace"),
+    ("hessian.json", "kappa", "kappa"),
+    ("hessian.json", "lambda_min_positive", "lambda_min_positive"),
+    ("hessian.json", "nll", "hessian_nll"),
+    ("samples.json", "modes_captured", "modes_captured"),
+]
+
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     """Write a DataFrame to parquet atomically."""
@@ -60,17 +71,24 @@ def aggregate_experiment(files: Sequence[str | Path], out: str | Path) -> pd.Dat
         rec = read_json(rec_path)
         if rec.get("skipped"):
             continue
-        nll = read_json(rec_path.parent / "metrics" / "nll.json")
-        rows.append(
-            {
-                **{k: rec.get(k) for k in SUMMARY_COLUMNS},
-                "test_nll": nll["test_nll"],
-                "test_nll_stderr": nll.get("test_nll_stderr"),
-                "nll_unit": nll.get("nll_unit", "nats"),
-                "stopped": bool(rec.get("stopped", False)),
-            }
-        )
-    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        metrics = rec_path.parent / "metrics"
+        nll = read_json(metrics / "nll.json")
+        row = {
+            **{k: rec.get(k) for k in SUMMARY_COLUMNS},
+            "test_nll": nll["test_nll"],
+            "test_nll_stderr": nll.get("test_nll_stderr"),
+            "nll_unit": nll.get("nll_unit", "nats"),
+            "stopped": bool(rec.get("stopped", False)),
+        }
+        extra = {name: _read_optional(metrics / name) for name in ("hessian.json", "samples.json")}
+        for name, key, column in METRIC_COLUMNS:
+            row[column] = extra[name].get(key, math.nan)
+        for n, pct in (extra["samples.json"].get("good_pct") or {}).items():
+            row[f"good_pct_{n}"] = pct
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=SUMMARY_COLUMNS)
     methods = sorted(set(df["method"]) - {"dense"}) or ["dense"]
     dense = df[df["method"] == "dense"]
     df = pd.concat(
@@ -80,6 +98,10 @@ def aggregate_experiment(files: Sequence[str | Path], out: str | Path) -> pd.Dat
     df = df.sort_values(["experiment", "method", "seed", "round"]).reset_index(drop=True)
     write_parquet(df, out)
     return df
+
+
+def _read_optional(path: Path) -> dict:
+    return read_json(path) if path.exists() else {}
 
 
 def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFrame:

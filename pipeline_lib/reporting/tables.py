@@ -16,7 +16,15 @@ import pandas as pd
 
 from pipeline_lib.reporting.published import published_sparse_flow
 
-__all__ = ["mean_std", "nll_table", "write_nll_table"]
+__all__ = [
+    "good_samples_table",
+    "hessian_table",
+    "mean_std",
+    "nll_table",
+    "write_good_samples_table",
+    "write_hessian_table",
+    "write_nll_table",
+]
 
 #: A published row matches ours when the prune ratios differ by less than this.
 PRUNE_RATIO_MATCH = 0.015
@@ -100,6 +108,14 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def _write(table: pd.DataFrame, shown: pd.DataFrame, title: str, note: str, md, csv, tex) -> None:
+    """Markdown (display), CSV (full precision) and LaTeX (display) of one table."""
+    Path(md).parent.mkdir(parents=True, exist_ok=True)
+    Path(md).write_text(f"# {title}\n\n{note}\n\n" + shown.to_markdown(index=False) + "\n")
+    table.to_csv(csv, index=False)
+    Path(tex).write_text(shown.to_latex(index=False, escape=True))
+
+
 def write_nll_table(
     summary_path: str | Path,
     dataset: str,
@@ -110,14 +126,148 @@ def write_nll_table(
 ) -> pd.DataFrame:
     """Write the NLL table of ``dataset`` as Markdown, CSV (full precision) and LaTeX."""
     table = nll_table(pd.read_parquet(summary_path), dataset, published_dir)
-    shown = _display(table)
-    unit = "nats"
-    Path(md).parent.mkdir(parents=True, exist_ok=True)
-    Path(md).write_text(
-        f"# {dataset}: test NLL ({unit}) per prune ratio\n\n"
+    _write(
+        table,
+        _display(table),
+        f"{dataset}: test NLL (nats) per prune ratio",
         "Mean ± std over seeds. `paper`: the published Sparse Flow value at the same prune ratio "
-        "(Tables S4–S10), `Δ` = ours − paper.\n\n" + shown.to_markdown(index=False) + "\n"
+        "(Tables S4–S10), `Δ` = ours − paper.",
+        md,
+        csv,
+        tex,
     )
-    table.to_csv(csv, index=False)
-    Path(tex).write_text(shown.to_latex(index=False, escape=True))
+    return table
+
+
+def _nearest_published(pub: pd.DataFrame, pr: float, column: str) -> float:
+    if pub is None or pub.empty or np.isnan(pr):
+        return math.nan
+    i = (pub["prune_ratio"] - pr).abs().idxmin()
+    return (
+        pub.loc[i, column] if abs(pub.loc[i, "prune_ratio"] - pr) < PRUNE_RATIO_MATCH else math.nan
+    )
+
+
+def _per_round(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Mean, std and seed count per (experiment, dataset, method, round)."""
+    keys = ["experiment", "dataset", "method", "round"]
+    g = df.groupby(keys)
+    out = g["prune_ratio"].mean().to_frame("prune_ratio")
+    out["seeds"] = g["seed"].nunique()
+    for c in columns:
+        out[f"{c}_mean"] = g[c].mean()
+        out[f"{c}_std"] = g[c].std()
+    return out.reset_index()
+
+
+def good_samples_table(summary: pd.DataFrame, published_dir: str | Path | None) -> pd.DataFrame:
+    """Table 4: % good-quality samples within n std of the nearest mode, per prune round,
+    beside the published values (structured pruning) at the same prune ratio."""
+    cols = sorted(c for c in summary.columns if c.startswith("good_pct_"))
+    df = summary.dropna(subset=cols, how="all") if cols else summary.iloc[0:0]
+    out = _per_round(df, cols)
+    pub = None
+    if published_dir and (Path(published_dir) / "good_samples.csv").exists():
+        pub = pd.read_csv(Path(published_dir) / "good_samples.csv", comment="#")
+    for c in cols:
+        n = float(c.removeprefix("good_pct_"))
+        papers = []
+        for row in out.itertuples():
+            sel = (
+                None if pub is None else pub[(pub["dataset"] == row.dataset) & (pub["n_std"] == n)]
+            )
+            papers.append(_nearest_published(sel, row.prune_ratio, "good_samples_pct"))
+        out[f"paper_{c}"] = papers
+    return out
+
+
+def hessian_table(summary: pd.DataFrame, published_dir: str | Path | None) -> pd.DataFrame:
+    """Table 5 / S11–S12: NLL, λ_max, trace and κ per prune round, raw and normalized to the
+    unpruned flow, beside the published raw values (structured pruning)."""
+    cols = ["test_nll", "lambda_max", "hessian_trace", "kappa"]
+    df = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary.iloc[0:0]
+    out = _per_round(df, cols)
+    for c in ("lambda_max", "hessian_trace", "kappa"):
+        dense = out[out["round"] == 0].set_index(["experiment", "method"])[f"{c}_mean"]
+        out[f"{c}_rel"] = [
+            row[f"{c}_mean"] / dense.get((row["experiment"], row["method"]), math.nan)
+            for _, row in out.iterrows()
+        ]
+    pub = None
+    if published_dir and (Path(published_dir) / "hessian_raw.csv").exists():
+        pub = pd.read_csv(Path(published_dir) / "hessian_raw.csv", comment="#")
+    for ours, theirs in (
+        ("lambda_max", "lambda_max"),
+        ("hessian_trace", "trace"),
+        ("kappa", "kappa"),
+    ):
+        out[f"paper_{ours}"] = [
+            _nearest_published(
+                None if pub is None else pub[pub["dataset"] == row.dataset].reset_index(drop=True),
+                row.prune_ratio,
+                theirs,
+            )
+            for row in out.itertuples()
+        ]
+    return out
+
+
+def _pm(mean: pd.Series, std: pd.Series, fmt: str) -> pd.Series:
+    return pd.Series(
+        [
+            "—" if pd.isna(m) else fmt.format(m) + ("" if pd.isna(s) else " ± " + fmt.format(s))
+            for m, s in zip(mean, std, strict=True)
+        ],
+        index=mean.index,
+    )
+
+
+def write_good_samples_table(summary_path, published_dir, md, csv, tex) -> pd.DataFrame:
+    """Write Table 4 (good-quality samples) as Markdown, CSV and LaTeX."""
+    table = good_samples_table(pd.read_parquet(summary_path), published_dir)
+    shown = table[["experiment", "method", "round", "seeds"]].copy()
+    shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
+    for c in sorted(c for c in table.columns if c.startswith("good_pct_") and c.endswith("_mean")):
+        n = c.removeprefix("good_pct_").removesuffix("_mean")
+        shown[f"good % (n={n})"] = _pm(table[c], table[f"good_pct_{n}_std"], "{:.1f}")
+        shown[f"paper (n={n})"] = table[f"paper_good_pct_{n}"].map(
+            lambda v: "—" if pd.isna(v) else f"{v:.1f}"
+        )
+    _write(
+        table,
+        shown,
+        "Good-quality samples per prune ratio (Table 4)",
+        "% of 20,000 samples within n standard deviations (Mahalanobis) of their nearest mode, "
+        "mean ± std over seeds. `paper`: Table 4 (structured pruning) at the same prune ratio.",
+        md,
+        csv,
+        tex,
+    )
+    return table
+
+
+def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFrame:
+    """Write Table 5 / S11–S12 (Hessian eigen-analysis) as Markdown, CSV and LaTeX."""
+    table = hessian_table(pd.read_parquet(summary_path), published_dir)
+    shown = table[["experiment", "method", "round", "seeds"]].copy()
+    shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
+    shown["NLL"] = _pm(table["test_nll_mean"], table["test_nll_std"], "{:.3f}")
+    for c, label in (("lambda_max", "λ_max"), ("hessian_trace", "trace"), ("kappa", "κ")):
+        shown[label] = _pm(table[f"{c}_mean"], table[f"{c}_std"], "{:.4g}")
+        shown[f"{label} rel."] = table[f"{c}_rel"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}")
+        shown[f"paper {label}"] = table[f"paper_{c}"].map(
+            lambda v: "—" if pd.isna(v) else f"{v:.4g}"
+        )
+    _write(
+        table,
+        shown,
+        "Hessian eigen-analysis per prune ratio (Table 5, S11–S12)",
+        "Hessian of the training NLL w.r.t. the unpruned parameters: λ_max (power iteration), "
+        "trace (Hutchinson), κ = λ_max / smallest positive Ritz value (Lanczos); `rel.` = "
+        "normalized to the unpruned flow (Table 5). `paper`: Tables S11–S12 (structured pruning) "
+        "at the same prune ratio.",
+        md,
+        csv,
+        tex,
+    )
     return table

@@ -8,6 +8,7 @@ REPO = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO))
 
 from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
+from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
     check_experiment,
     data_id,
@@ -79,12 +80,13 @@ def runs(exp_name):
 
 
 def experiment_records(w):
-    """Every round record and test-NLL file of one experiment."""
+    """Every round record and metric file of one experiment."""
     files = []
     for method, seed, r in runs(w.experiment):
         base = f"{RESULTS}/{w.experiment}/seed{seed}"
         d = f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
         files += [f"{d}/round.json", f"{d}/metrics/nll.json"]
+        files += [f"{d}/metrics/samples.json", f"{d}/metrics/hessian.json"]
     return files
 
 
@@ -103,12 +105,64 @@ def all_datasets():
     return sorted({e["dataset"] for e in EXPERIMENTS.values()})
 
 
+def two_d_experiments():
+    return [n for n, e in EXPERIMENTS.items() if e["dataset"] in TOY_DATASETS]
+
+
+def with_samples():
+    return [
+        n
+        for n in two_d_experiments()
+        if EXPERIMENTS[n]["evaluation"]["samples"]["enabled"]
+    ]
+
+
+def with_hessian():
+    return [n for n, e in EXPERIMENTS.items() if e["evaluation"]["hessian"]["enabled"]]
+
+
+def with_good_samples():
+    return [
+        n for n in with_samples() if EXPERIMENTS[n]["dataset"] in GAUSSIAN_MODE_DATASETS
+    ]
+
+
 def all_tables():
-    return [f"{RESULTS}/tables/nll_{d}.md" for d in all_datasets()]
+    tables = [f"{RESULTS}/tables/nll_{d}.md" for d in all_datasets()]
+    if with_good_samples():
+        tables.append(f"{RESULTS}/tables/good_samples.md")
+    if with_hessian():
+        tables.append(f"{RESULTS}/tables/hessian.md")
+    return tables
 
 
 def all_figures():
-    return [f"{RESULTS}/figures/nll_vs_prune_ratio.png"]
+    figures = [f"{RESULTS}/figures/nll_vs_prune_ratio.png"]
+    if with_samples():
+        figures += [
+            f"{RESULTS}/figures/density_grid.png",
+            f"{RESULTS}/figures/vector_field.png",
+        ]
+    if with_good_samples():
+        figures.append(f"{RESULTS}/figures/good_samples_vs_prune_ratio.png")
+    if with_hessian():
+        figures.append(f"{RESULTS}/figures/hessian_vs_prune_ratio.png")
+    return figures
+
+
+def snapshots(w):
+    """Density / vector-field arrays of the first seed of every 2-D experiment."""
+    files = []
+    for name in with_samples():
+        seed = EXPERIMENTS[name]["seeds"][0]
+        files += [
+            f"{RESULTS}/{name}/seed{s}/"
+            + ("round000" if r == 0 else f"{m}/round{r:03d}")
+            + "/metrics/snapshot.npz"
+            for m, s, r in runs(name)
+            if s == seed
+        ]
+    return files
 
 
 def experiment_params(w):

@@ -7,6 +7,10 @@ localrules:
     summary,
     tables,
     figures,
+    good_samples_table,
+    hessian_table,
+    density_figures,
+    metric_figures,
 
 
 rule aggregate_experiment:
@@ -72,3 +76,90 @@ rule figures:
         ENV
     script:
         "../scripts/figures.py"
+
+
+rule good_samples_table:
+    input:
+        summary=SUMMARY,
+    output:
+        md=report(
+            f"{RESULTS}/tables/good_samples.md",
+            caption="../report/table_good_samples.rst",
+            category="Tables",
+        ),
+        csv=f"{RESULTS}/tables/good_samples.csv",
+        tex=f"{RESULTS}/tables/good_samples.tex",
+    log:
+        f"{RESULTS}/logs/tables/good_samples.log",
+    conda:
+        ENV
+    params:
+        published=config["report"]["published_dir"],
+    script:
+        "../scripts/good_samples_table.py"
+
+
+rule hessian_table:
+    input:
+        summary=SUMMARY,
+    output:
+        md=report(
+            f"{RESULTS}/tables/hessian.md",
+            caption="../report/table_hessian.rst",
+            category="Tables",
+        ),
+        csv=f"{RESULTS}/tables/hessian.csv",
+        tex=f"{RESULTS}/tables/hessian.tex",
+    log:
+        f"{RESULTS}/logs/tables/hessian.log",
+    conda:
+        ENV
+    params:
+        published=config["report"]["published_dir"],
+    script:
+        "../scripts/hessian_table.py"
+
+
+rule density_figures:
+    input:
+        summary=SUMMARY,
+        snapshots=snapshots,
+    output:
+        grid=report(
+            f"{RESULTS}/figures/density_grid.png",
+            caption="../report/density_grid.rst",
+            category="Figures",
+        ),
+        grid_pdf=f"{RESULTS}/figures/density_grid.pdf",
+        field=report(
+            f"{RESULTS}/figures/vector_field.png",
+            caption="../report/vector_field.rst",
+            category="Figures",
+        ),
+        field_pdf=f"{RESULTS}/figures/vector_field.pdf",
+    log:
+        f"{RESULTS}/logs/figures/density_figures.log",
+    conda:
+        ENV
+    script:
+        "../scripts/density_figures.py"
+
+
+rule metric_figures:
+    input:
+        summary=SUMMARY,
+    output:
+        png=report(
+            f"{RESULTS}/figures/{{metric}}_vs_prune_ratio.png",
+            caption="../report/metric_vs_prune_ratio.rst",
+            category="Figures",
+        ),
+        pdf=f"{RESULTS}/figures/{{metric}}_vs_prune_ratio.pdf",
+    log:
+        f"{RESULTS}/logs/figures/{{metric}}_vs_prune_ratio.log",
+    wildcard_constraints:
+        metric="hessian|good_samples",
+    conda:
+        ENV
+    script:
+        "../scripts/metric_figures.py"

@@ -1,0 +1,16 @@
+"""Rule metric_figures: Hessian metrics or good samples against the prune ratio."""
+
+from _runtime import setup_logging
+
+from pipeline_lib.reporting.figures import plot_metrics_vs_prune_ratio
+
+METRICS = {
+    "hessian": ["lambda_max", "hessian_trace", "kappa"],
+    "good_samples": ["good_pct_2", "good_pct_3"],
+}
+
+smk = snakemake  # noqa: F821
+setup_logging(smk)
+plot_metrics_vs_prune_ratio(
+    smk.input.summary, METRICS[smk.wildcards.metric], smk.output.png, smk.output.pdf
+)
