@@ -51,16 +51,9 @@ def data_dir(exp_name):
     return f"{RESULTS}/data/{data_id(EXPERIMENTS[exp_name])}"
 
 
-def round_dir(w, r=None):
-    """results/<experiment>/seed<k>/round000 (dense) or .../<method>/round<r> (pruned)."""
-    r = int(w.round) if r is None else r
-    base = f"{RESULTS}/{w.experiment}/seed{w.seed}"
-    return f"{base}/round000" if r == 0 else f"{base}/{w.method}/round{r:03d}"
-
-
 def previous_round(w):
     """Round r reads round r-1's model and record (Algorithm 1 line 5)."""
-    prev = round_dir(w, int(w.round) - 1)
+    prev = checkpoint_dir(w.experiment, w.method, w.seed, int(w.round) - 1)
     return {"model": f"{prev}/model.pt", "record": f"{prev}/round.json"}
 
 
@@ -79,12 +72,17 @@ def runs(exp_name):
     return out
 
 
+def checkpoint_dir(name, method, seed, r):
+    """Directory of one checkpoint (round 0 is the dense warm start, shared by the methods)."""
+    base = f"{RESULTS}/{name}/seed{seed}"
+    return f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
+
+
 def experiment_records(w):
     """Every round record and metric file of one experiment."""
     files = []
     for method, seed, r in runs(w.experiment):
-        base = f"{RESULTS}/{w.experiment}/seed{seed}"
-        d = f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
+        d = checkpoint_dir(w.experiment, method, seed, r)
         files += [f"{d}/round.json", f"{d}/metrics/nll.json"]
         files += [f"{d}/metrics/samples.json", f"{d}/metrics/hessian.json"]
     return files
@@ -154,14 +152,9 @@ def snapshots(w):
     """Density / vector-field arrays of the first seed of every 2-D experiment."""
     files = []
     for name in with_samples():
-        seed = EXPERIMENTS[name]["seeds"][0]
-        files += [
-            f"{RESULTS}/{name}/seed{s}/"
-            + ("round000" if r == 0 else f"{m}/round{r:03d}")
-            + "/metrics/snapshot.npz"
-            for m, s, r in runs(name)
-            if s == seed
-        ]
+        first = EXPERIMENTS[name]["seeds"][0]
+        dirs = [checkpoint_dir(name, m, s, r) for m, s, r in runs(name) if s == first]
+        files += [f"{d}/metrics/snapshot.npz" for d in dirs]
     return files
 
 
