@@ -4,9 +4,18 @@ Implements Sparse Flows §2, Eq. (2) — the instantaneous change of variables
 
     d z/dt = f(z, t; θ),      d log p(z(t))/dt = -Tr(∂f/∂z),
 
-solved jointly as one augmented ODE, with the trace either exact (d vector-Jacobian
-products, for low dimension and evaluation) or estimated with Hutchinson's estimator
-Tr(A) = E[εᵀAε] (FFJORD, Grathwohl et al. 2019, §3.1), the noise ε drawn once per solve.
+solved jointly as one augmented ODE, with the trace either exact (for low dimension and
+evaluation) or estimated with Hutchinson's estimator Tr(A) = E[εᵀAε] (FFJORD, Grathwohl et al.
+2019, §3.1), the noise ε drawn once per solve.
+
+How the trace is computed (:data:`TRACE_METHODS`):
+
+* ``hutchinson``: (εᵀ∂f/∂z) ε from one vector-Jacobian product (FFJORD's way).
+* ``exact``: for a net with ``forward_with_jacobian`` (:class:`~pipeline_lib.flows.odenet.ODENet`)
+  the full ∂f/∂z is carried forward through the layers with the activations, so that training
+  needs one ordinary backward pass instead of differentiating d vector-Jacobian products;
+  other nets fall back to ``exact_autograd``.
+* ``exact_autograd``: d vector-Jacobian products (rows of ∂f/∂z) by ``torch.autograd.grad``.
 
 Optionally the RNODE regularizers of Finlay et al. (2020, Eq. 6/§4) are integrated as two
 extra states: kinetic energy ∫‖f‖² dt and the Jacobian Frobenius norm ∫‖εᵀ∂f/∂z‖² dt, the latter
@@ -41,11 +50,14 @@ __all__ = [
     "FlowOutput",
     "SolverConfig",
     "SolverError",
+    "TRACE_METHODS",
     "bits_per_dim",
     "standard_normal_logprob",
 ]
 
-TraceMethod = Literal["hutchinson", "exact"]
+TraceMethod = Literal["hutchinson", "exact", "exact_autograd"]
+#: Divergence computations; ``exact_autograd`` forces the autograd exact trace (for comparison).
+TRACE_METHODS: tuple[str, ...] = ("hutchinson", "exact", "exact_autograd")
 NoiseType = Literal["gaussian", "rademacher"]
 
 FIXED_GRID_METHODS = frozenset({"euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"})
@@ -134,12 +146,13 @@ class CNFDynamics(nn.Module):
 
     The state is a tuple ``(z, logp)`` or, with regularization, ``(z, logp, E_k, E_j)``.
     ``noise`` must be set (once per solve) before a Hutchinson solve; ``nfe`` counts calls.
+    ``trace`` is one of :data:`TRACE_METHODS` (see the module docstring).
     """
 
     def __init__(self, net: nn.Module, trace: TraceMethod = "hutchinson") -> None:
         super().__init__()
-        if trace not in ("hutchinson", "exact"):
-            raise ValueError(f"unknown trace method {trace!r}; choose 'hutchinson' or 'exact'")
+        if trace not in TRACE_METHODS:
+            raise ValueError(f"unknown trace method {trace!r}; choose one of {TRACE_METHODS}")
         self.net = net
         self.trace = trace
         # Set by CNF.forward before every solve and kept afterwards: the adjoint method
@@ -154,13 +167,32 @@ class CNFDynamics(nn.Module):
         if len(state) == 1:  # sampling without density: the state alone
             return (self.net(t, z),)
         regularize = len(state) == 4
+        if self.solve_trace == "exact" and hasattr(self.net, "forward_with_jacobian"):
+            # ∂f/∂z carried forward through the net: plain tensors, one backward pass to train.
+            dz, jac = self.net.forward_with_jacobian(t, z)
+            div = jac.diagonal(dim1=1, dim2=2).sum(1)
+            frob = jac.pow(2).sum((1, 2)) if regularize else None
+        else:
+            dz, div, frob = self._by_autograd(t, z, regularize)
+        if regularize:
+            kinetic = dz.pow(2).flatten(1).sum(1)
+            return dz, -div, kinetic, frob
+        return dz, -div
+
+    def _by_autograd(
+        self, t: torch.Tensor, z: torch.Tensor, regularize: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """f, the divergence (exact or Hutchinson) and the Frobenius term by autograd calls."""
         # Outside autograd (evaluation, adjoint forward pass) the trace needs no graph.
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if not z.requires_grad:
+            # Without a graph to extend, differentiate w.r.t. a fresh leaf: ``z`` may be a view made
+            # in no-grad mode of a tensor that requires grad (the adjoint's backward re-evaluates
+            # the dynamics at its saved outputs), which autograd.grad cannot differentiate through.
+            if not create_graph or not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             dz = self.net(t, z)
-            if self.solve_trace == "exact":
+            if self.solve_trace in ("exact", "exact_autograd"):
                 div, frob = self._exact(dz, z, create_graph, regularize)
             else:
                 e = self.noise
@@ -171,10 +203,7 @@ class CNFDynamics(nn.Module):
                 frob = e_dfdz.pow(2).flatten(1).sum(1) if regularize else None
         if not create_graph:
             dz = dz.detach()
-        if regularize:
-            kinetic = dz.pow(2).flatten(1).sum(1)
-            return dz, -div, kinetic, frob
-        return dz, -div
+        return dz, div, frob
 
     @staticmethod
     def _exact(
@@ -204,7 +233,8 @@ class CNF(nn.Module):
         net: the vector field f(z, t) (e.g. :class:`~pipeline_lib.flows.odenet.ODENet`).
         T: integration time.
         train_T: learn T (parametrised as T = s², as in FFJORD).
-        trace: ``"hutchinson"`` (FFJORD) or ``"exact"``.
+        trace: ``"hutchinson"`` (FFJORD), ``"exact"`` or ``"exact_autograd"``
+            (:data:`TRACE_METHODS`).
         noise: Hutchinson noise, ``"gaussian"`` or ``"rademacher"``.
         solver: default :class:`SolverConfig`.
     """
@@ -250,6 +280,8 @@ class CNF(nn.Module):
         integrated (no trace: cheaper sampling) and ``delta_logp`` is returned unchanged.
         """
         solver = solver or self.solver
+        if trace is not None and trace not in TRACE_METHODS:
+            raise ValueError(f"unknown trace method {trace!r}; choose one of {TRACE_METHODS}")
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
         T = self.end_time.to(z.dtype)
         times = torch.stack([T, zero]) if reverse else torch.stack([zero, T])

@@ -1,0 +1,156 @@
+"""Jacobians carried forward through the ODENet against autograd; fast and autograd traces agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline_lib.flows import CNFDynamics, FlowConfig, ODENet, SolverConfig, build_flow
+
+LAYER_TYPES = ["concat", "concatsquash"]
+ACTIVATIONS = ["tanh", "sigmoid", "softplus", "elu", "swish", "relu"]
+RK4 = SolverConfig(method="rk4", step_size=0.25)
+
+
+def make_net(layer_type: str, activation: str, dim: int = 3, seed: int = 0) -> ODENet:
+    torch.manual_seed(seed)
+    return ODENet(dim, (7, 5), layer_type, activation).double()
+
+
+def autograd_jacobian(net: ODENet, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """∂f/∂z per sample by torch.autograd.functional.jacobian, shape (B, d, d)."""
+    return torch.stack(
+        [torch.autograd.functional.jacobian(lambda x: net(t, x[None])[0], zi) for zi in z]
+    )
+
+
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_jacobian_equals_autograd_jacobian(layer_type, activation):
+    net = make_net(layer_type, activation)
+    with torch.no_grad():  # pruned weights are zeros in W: nothing else changes
+        net.layers[1].linear.weight[:, ::2] = 0
+    z = 2 * torch.randn(9, 3, dtype=torch.float64)
+    t = torch.tensor(0.37, dtype=torch.float64)
+    f, jac = net.forward_with_jacobian(t, z)
+    assert jac.shape == (9, 3, 3)
+    torch.testing.assert_close(f, net(t, z), rtol=0, atol=1e-12)
+    torch.testing.assert_close(jac, autograd_jacobian(net, t, z), rtol=0, atol=1e-10)
+
+
+def test_softplus_slope_is_one_above_its_threshold():
+    """nn.Softplus is the identity for inputs above 20; its slope there is exactly 1."""
+    net = make_net("concat", "softplus")
+    with torch.no_grad():
+        net.layers[0].linear.weight.mul_(40)
+    z = torch.randn(9, 3, dtype=torch.float64)
+    t = torch.tensor(0.5, dtype=torch.float64)
+    assert (net.layers[0](t, z) > 20).any()
+    _, jac = net.forward_with_jacobian(t, z)
+    torch.testing.assert_close(jac, autograd_jacobian(net, t, z), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("hidden_dims", [(), (6,), (5, 4, 6)])
+def test_forward_jacobian_at_any_depth(hidden_dims):
+    torch.manual_seed(2)
+    net = ODENet(2, hidden_dims, "concatsquash", "elu").double()
+    z = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor(0.2, dtype=torch.float64)
+    _, jac = net.forward_with_jacobian(t, z)
+    assert jac.shape == (4, 2, 2)
+    torch.testing.assert_close(jac, autograd_jacobian(net, t, z), rtol=0, atol=1e-10)
+
+
+def dynamics_terms(net: ODENet, trace: str, z: torch.Tensor):
+    dyn = CNFDynamics(net, trace)
+    zeros = torch.zeros(z.shape[0], dtype=z.dtype)
+    return dyn(torch.tensor(0.6, dtype=z.dtype), (z, zeros, zeros, zeros))
+
+
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "relu"])
+def test_exact_divergence_and_frobenius_equal_the_autograd_ones(layer_type, activation):
+    net = make_net(layer_type, activation)
+    z = torch.randn(16, 3, dtype=torch.float64)
+    fast = dynamics_terms(net, "exact", z)
+    slow = dynamics_terms(net, "exact_autograd", z)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fast_exact_path_makes_no_autograd_calls(monkeypatch):
+    net = make_net("concatsquash", "sigmoid")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("autograd.grad called inside the dynamics")
+
+    monkeypatch.setattr(torch.autograd, "grad", forbidden)
+    z = torch.randn(8, 3, dtype=torch.float64)
+    dynamics_terms(net, "exact", z)
+    with pytest.raises(AssertionError, match="autograd.grad"):
+        dynamics_terms(net, "exact_autograd", z)
+
+
+def flow_gradients(flow, x: torch.Tensor, trace: str, solver: SolverConfig) -> torch.Tensor:
+    flow.zero_grad()
+    out = flow(x, trace=trace, solver=solver, regularize=True)
+    loss = -out.log_prob.mean() + 0.1 * out.kinetic.mean() + 0.1 * out.jacobian.mean()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in flow.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_nll_gradients_equal_between_fast_and_autograd_exact_trace(adjoint, layer_type):
+    """Two blocks and a trainable end time: gradients through block inputs and time too."""
+    torch.manual_seed(0)
+    cfg = FlowConfig(dim=2, hidden_dims=(16, 16), num_blocks=2, layer_type=layer_type, train_T=True)
+    flow = build_flow(cfg).double()
+    x = torch.randn(64, 2, dtype=torch.float64)
+    solver = SolverConfig(method="rk4", step_size=0.25, adjoint=adjoint)
+    fast = flow_gradients(flow, x, "exact", solver)
+    slow = flow_gradients(flow, x, "exact_autograd", solver)
+    assert fast.numel() == slow.numel() == sum(p.numel() for p in flow.parameters())
+    assert (fast - slow).norm() <= 1e-8 * slow.norm()
+
+
+def test_adjoint_and_backprop_agree_with_the_fast_exact_trace():
+    torch.manual_seed(0)
+    flow = build_flow(FlowConfig(dim=2, hidden_dims=(16, 16), trace="exact")).double()
+    x = torch.randn(64, 2, dtype=torch.float64)
+    grads = [
+        flow_gradients(flow, x, "exact", SolverConfig(rtol=1e-9, atol=1e-9, adjoint=adjoint))
+        for adjoint in (False, True)
+    ]
+    assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[1].norm()
+
+
+def test_unknown_trace_method_is_explained():
+    flow = build_flow(FlowConfig(dim=2, hidden_dims=(4,)))
+    with pytest.raises(ValueError, match="exact_autograd"):
+        flow(torch.randn(3, 2), trace="exact-autograd")
+
+
+def test_hessian_vector_products_equal_between_fast_and_autograd_exact_trace():
+    """Second derivatives in the parameters (used by the Hessian evaluation) agree too."""
+    torch.manual_seed(1)
+    flow = build_flow(FlowConfig(dim=2, hidden_dims=(8, 8), activation="softplus")).double()
+    x = torch.randn(32, 2, dtype=torch.float64)
+    params = list(flow.parameters())
+    v = [torch.randn_like(p) for p in params]
+    hvps = []
+    for trace in ("exact", "exact_autograd"):
+        loss = -flow.log_prob(x, trace=trace, solver=RK4).mean()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * u).sum() for g, u in zip(grads, v, strict=True))
+        hvps.append(torch.cat([h.flatten() for h in torch.autograd.grad(dot, params)]))
+    assert (hvps[0] - hvps[1]).norm() <= 1e-8 * hvps[1].norm()
+
+
+def test_concatsquash_layer_equals_its_formula():
+    """``(W z + b) · σ(W_g t + b_g) + W_b t``, evaluated as one affine map with gated weights."""
+    layer = ODENet(3, (6,), "concatsquash").double().layers[0]
+    z, t = torch.randn(5, 3, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    t11 = t.reshape(1, 1)
+    formula = layer.linear(z) * torch.sigmoid(layer.hyper_gate(t11)) + layer.hyper_bias(t11)
+    torch.testing.assert_close(layer(t, z), formula, rtol=0, atol=1e-12)
