@@ -268,3 +268,17 @@ def test_kill_during_prune_round_then_resume(tmp_path):
     pd.testing.assert_frame_equal(
         summary_rows(straight / "results"), summary_rows(killed / "results"), atol=1e-6
     )
+
+
+def test_config_overrides_keep_the_default_configfile(tmp_path):
+    """`--config key=value` overrides one key of config/config.yaml instead of replacing it."""
+    res = subprocess.run(
+        [*SNAKEMAKE, "-n", "--cores", "1", "--config", f"results={tmp_path}/out"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout)["train_dense"] == 3
+    assert f"{tmp_path}/out/summary.parquet" in res.stdout
