@@ -43,6 +43,21 @@ def _save(fig, png: str | Path, pdf: str | Path | None) -> None:
     plt.close(fig)
 
 
+def _method_curves(ax, sub: pd.DataFrame, column: str) -> None:
+    """One line per pruning method: mean of ``column`` per round against the mean prune ratio,
+    with a ± std band over seeds."""
+    for method, g in sub.groupby("method"):
+        agg = g.groupby("round").agg(
+            pr=("prune_ratio", "mean"), mean=(column, "mean"), std=(column, "std")
+        )
+        color = METHOD_COLORS.get(method)
+        ax.plot(100 * agg["pr"], agg["mean"], "o-", ms=3, color=color, label=method)
+        band = agg["std"].fillna(0)
+        ax.fill_between(
+            100 * agg["pr"], agg["mean"] - band, agg["mean"] + band, color=color, alpha=0.2
+        )
+
+
 def plot_nll_vs_prune_ratio(
     summary_path: str | Path, png: str | Path, pdf: str | Path | None = None
 ):
@@ -56,19 +71,7 @@ def plot_nll_vs_prune_ratio(
     for ax, exp in zip(axes.flat, experiments, strict=False):
         sub = df[df["experiment"] == exp]
         dense = sub[sub["round"] == 0]["test_nll"].mean()
-        for method, g in sub.groupby("method"):
-            agg = g.groupby("round").agg(
-                pr=("prune_ratio", "mean"), mean=("test_nll", "mean"), std=("test_nll", "std")
-            )
-            color = METHOD_COLORS.get(method)
-            ax.plot(100 * agg["pr"], agg["mean"], "o-", ms=3, color=color, label=method)
-            ax.fill_between(
-                100 * agg["pr"],
-                agg["mean"] - agg["std"].fillna(0),
-                agg["mean"] + agg["std"].fillna(0),
-                color=color,
-                alpha=0.2,
-            )
+        _method_curves(ax, sub, "test_nll")
         ax.axhline(dense, color="0.3", ls="--", lw=1, label="dense")
         seeds = sub["seed"].nunique()
         ax.set_title(f"{exp} ({sub['dataset'].iloc[0]}, {seeds} seed{'s' if seeds > 1 else ''})")
@@ -247,19 +250,7 @@ def plot_metrics_vs_prune_ratio(
     for ax_row, exp in zip(axes, experiments, strict=True):
         sub = df[df["experiment"] == exp]
         for ax, metric in zip(ax_row, metrics, strict=True):
-            for method, g in sub.groupby("method"):
-                agg = g.groupby("round").agg(
-                    pr=("prune_ratio", "mean"), mean=(metric, "mean"), std=(metric, "std")
-                )
-                color = METHOD_COLORS.get(method)
-                ax.plot(100 * agg["pr"], agg["mean"], "o-", ms=3, color=color, label=method)
-                ax.fill_between(
-                    100 * agg["pr"],
-                    agg["mean"] - agg["std"].fillna(0),
-                    agg["mean"] + agg["std"].fillna(0),
-                    color=color,
-                    alpha=0.2,
-                )
+            _method_curves(ax, sub, metric)
             if metric in log_scale:
                 ax.set_yscale("log")
             ax.set_title(exp, fontsize=9)
