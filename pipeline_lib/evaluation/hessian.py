@@ -192,6 +192,7 @@ class HessianConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HessianConfig:
+        """Build from a config mapping (``solver`` may be a nested mapping)."""
         d = dict(d)
         solver = d.pop("solver", None)
         if solver is not None and not isinstance(solver, SolverConfig):
@@ -199,6 +200,7 @@ class HessianConfig:
         return cls(solver=solver, **d)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form, inverse of :meth:`from_dict`."""
         d = asdict(self)
         d["params"] = list(self.params) if self.params is not None else None
         return d
@@ -301,8 +303,10 @@ class HessianOperator:
     at their current values and M the 0/1 mask; pruned coordinates of the result are exactly 0.
     The batch ``x``, the divergence noise (a generator re-seeded with ``noise_seed`` for every
     solve) and, consequently, the adaptive step grid are fixed, so equal inputs give equal
-    outputs. With ``reuse_graph`` the graph is built once, at construction: build a new
-    operator after changing the parameters.
+    outputs (bit for bit where the kernels are deterministic; multi-threaded BLAS that adapts
+    its thread count to the machine's load, or GPU atomics, can change float32 results at the
+    rounding level). With ``reuse_graph`` the graph is built once, at construction: build a
+    new operator after changing the parameters.
 
     Arguments:
         model: a :class:`~pipeline_lib.flows.ContinuousFlow` (any module mapping ``x`` to an
