@@ -172,7 +172,8 @@ def sparse_flow_round(
         keep=keep,
         prune_ratio=prune_ratio(model),
         params_total=total,
-        params_nonzero=nonzero,  # masks are fixed while the round retrains
+        # counted after training: a resumed round gets its mask from the checkpoint
+        params_nonzero=count_parameters(model)[1],
         val_nll=result.val_nll,
         test_nll=test.nll if test else math.nan,
         test_nll_stderr=test.stderr if test else math.nan,
