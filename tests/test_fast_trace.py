@@ -1,4 +1,5 @@
-"""Jacobians carried forward through the ODENet against autograd; fast and autograd traces agree."""
+"""Jacobians and divergences by the chain rule through the ODENet against autograd; fast and
+autograd traces agree in value, gradients and Hessian-vector products."""
 
 from __future__ import annotations
 
@@ -61,6 +62,38 @@ def test_forward_jacobian_at_any_depth(hidden_dims):
     torch.testing.assert_close(jac, autograd_jacobian(net, t, z), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("hidden_dims", [(), (6,), (7, 5), (5, 4, 6)])
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_divergence_equals_trace_of_autograd_jacobian(hidden_dims, layer_type):
+    """Closed forms (one or two hidden layers) and Jacobian rows (other depths, Frobenius)."""
+    torch.manual_seed(3)
+    net = ODENet(3, hidden_dims, layer_type, "softplus").double()
+    with torch.no_grad():  # a pruned coordinate
+        net.layers[0].linear.weight[0, 1] = 0
+    z = torch.randn(9, 3, dtype=torch.float64)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    jac = autograd_jacobian(net, t, z)
+    f, div, frob = net.forward_with_divergence(t, z)
+    assert frob is None and div.shape == (9,)
+    torch.testing.assert_close(f, net(t, z), rtol=0, atol=1e-12)
+    torch.testing.assert_close(div, jac.diagonal(dim1=1, dim2=2).sum(1), rtol=0, atol=1e-12)
+    _, div_f, frob = net.forward_with_divergence(t, z, frobenius=True)
+    torch.testing.assert_close(div_f, div, rtol=0, atol=1e-12)
+    torch.testing.assert_close(frob, jac.pow(2).sum((1, 2)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("hidden_dims", [(), (6,), (7, 5), (5, 4, 6)])
+def test_hutchinson_terms_equal_the_autograd_vector_jacobian_product(hidden_dims):
+    torch.manual_seed(4)
+    net = ODENet(3, hidden_dims, "concatsquash", "tanh").double()
+    z, noise = torch.randn(2, 9, 3, dtype=torch.float64)
+    t = torch.tensor(0.1, dtype=torch.float64)
+    e_jac = torch.einsum("bi,bik->bk", noise, autograd_jacobian(net, t, z))
+    _, div, frob = net.forward_with_divergence(t, z, noise, frobenius=True)
+    torch.testing.assert_close(div, (e_jac * noise).sum(1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(frob, e_jac.pow(2).sum(1), rtol=0, atol=1e-12)
+
+
 def dynamics_terms(net: ODENet, trace: str, z: torch.Tensor):
     dyn = CNFDynamics(net, trace)
     zeros = torch.zeros(z.shape[0], dtype=z.dtype)
@@ -78,7 +111,21 @@ def test_exact_divergence_and_frobenius_equal_the_autograd_ones(layer_type, acti
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_fast_exact_path_makes_no_autograd_calls(monkeypatch):
+def test_hutchinson_terms_equal_the_autograd_ones_in_the_dynamics():
+    net = make_net("concatsquash", "sigmoid")
+    z, noise = torch.randn(2, 16, 3, dtype=torch.float64)
+    terms = []
+    for trace in ("hutchinson", "hutchinson_autograd"):
+        dyn = CNFDynamics(net, trace)
+        dyn.noise = noise
+        zeros = torch.zeros(16, dtype=z.dtype)
+        terms.append(dyn(torch.tensor(0.6, dtype=z.dtype), (z, zeros, zeros, zeros)))
+    for a, b in zip(*terms, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_fast_paths_make_no_autograd_calls(monkeypatch, trace):
     net = make_net("concatsquash", "sigmoid")
 
     def forbidden(*args, **kwargs):
@@ -86,9 +133,12 @@ def test_fast_exact_path_makes_no_autograd_calls(monkeypatch):
 
     monkeypatch.setattr(torch.autograd, "grad", forbidden)
     z = torch.randn(8, 3, dtype=torch.float64)
-    dynamics_terms(net, "exact", z)
+    dyn = CNFDynamics(net, trace)
+    dyn.noise = torch.randn_like(z)
+    dyn(torch.tensor(0.5, dtype=z.dtype), (z, torch.zeros(8, dtype=z.dtype)))
+    dyn.solve_trace = f"{trace}_autograd"
     with pytest.raises(AssertionError, match="autograd.grad"):
-        dynamics_terms(net, "exact_autograd", z)
+        dyn(torch.tensor(0.5, dtype=z.dtype), (z, torch.zeros(8, dtype=z.dtype)))
 
 
 def flow_gradients(flow, x: torch.Tensor, trace: str, solver: SolverConfig) -> torch.Tensor:
@@ -99,17 +149,20 @@ def flow_gradients(flow, x: torch.Tensor, trace: str, solver: SolverConfig) -> t
     return torch.cat([p.grad.flatten() for p in flow.parameters() if p.grad is not None])
 
 
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 @pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)
-def test_nll_gradients_equal_between_fast_and_autograd_exact_trace(adjoint, layer_type):
+def test_nll_gradients_equal_between_fast_and_autograd_trace(trace, adjoint, layer_type):
     """Two blocks and a trainable end time: gradients through block inputs and time too."""
     torch.manual_seed(0)
     cfg = FlowConfig(dim=2, hidden_dims=(16, 16), num_blocks=2, layer_type=layer_type, train_T=True)
     flow = build_flow(cfg).double()
     x = torch.randn(64, 2, dtype=torch.float64)
     solver = SolverConfig(method="rk4", step_size=0.25, adjoint=adjoint)
-    fast = flow_gradients(flow, x, "exact", solver)
-    slow = flow_gradients(flow, x, "exact_autograd", solver)
+    torch.manual_seed(1)  # the same Hutchinson noise for both
+    fast = flow_gradients(flow, x, trace, solver)
+    torch.manual_seed(1)
+    slow = flow_gradients(flow, x, f"{trace}_autograd", solver)
     assert fast.numel() == slow.numel() == sum(p.numel() for p in flow.parameters())
     assert (fast - slow).norm() <= 1e-8 * slow.norm()
 

@@ -10,12 +10,16 @@ evaluation) or estimated with Hutchinson's estimator Tr(A) = E[εᵀAε] (FFJORD
 
 How the trace is computed (:data:`TRACE_METHODS`):
 
-* ``hutchinson``: (εᵀ∂f/∂z) ε from one vector-Jacobian product (FFJORD's way).
-* ``exact``: for a net with ``forward_with_jacobian`` (:class:`~pipeline_lib.flows.odenet.ODENet`)
-  the full ∂f/∂z is carried forward through the layers with the activations, so that training
-  needs one ordinary backward pass instead of differentiating d vector-Jacobian products;
-  other nets fall back to ``exact_autograd``.
-* ``exact_autograd``: d vector-Jacobian products (rows of ∂f/∂z) by ``torch.autograd.grad``.
+* ``hutchinson``: (εᵀ∂f/∂z) ε from one vector-Jacobian product.
+* ``exact``: Tr ∂f/∂z.
+
+For a net with ``forward_with_divergence`` (:class:`~pipeline_lib.flows.odenet.ODENet`) both are
+computed by the chain rule from the layers' weights and activation slopes in the same forward
+pass (a closed form for the exact trace of one- and two-hidden-layer nets), so that training
+needs one ordinary backward pass instead of differentiating autograd calls. Other nets, and the
+``*_autograd`` methods (kept for comparison), call ``torch.autograd.grad`` at every evaluation
+as FFJORD does: one vector-Jacobian product for ``hutchinson_autograd``, d for
+``exact_autograd``.
 
 Optionally the RNODE regularizers of Finlay et al. (2020, Eq. 6/§4) are integrated as two
 extra states: kinetic energy ∫‖f‖² dt and the Jacobian Frobenius norm ∫‖εᵀ∂f/∂z‖² dt, the latter
@@ -55,9 +59,11 @@ __all__ = [
     "standard_normal_logprob",
 ]
 
-TraceMethod = Literal["hutchinson", "exact", "exact_autograd"]
-#: Divergence computations; ``exact_autograd`` forces the autograd exact trace (for comparison).
-TRACE_METHODS: tuple[str, ...] = ("hutchinson", "exact", "exact_autograd")
+TraceMethod = Literal["hutchinson", "exact", "exact_autograd", "hutchinson_autograd"]
+#: Divergence computations; the ``*_autograd`` ones force autograd calls (for comparison).
+TRACE_METHODS: tuple[str, ...] = ("hutchinson", "exact", "exact_autograd", "hutchinson_autograd")
+#: The trace methods that draw Hutchinson noise.
+HUTCHINSON_METHODS = frozenset({"hutchinson", "hutchinson_autograd"})
 NoiseType = Literal["gaussian", "rademacher"]
 
 FIXED_GRID_METHODS = frozenset({"euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"})
@@ -167,17 +173,23 @@ class CNFDynamics(nn.Module):
         if len(state) == 1:  # sampling without density: the state alone
             return (self.net(t, z),)
         regularize = len(state) == 4
-        if self.solve_trace == "exact" and hasattr(self.net, "forward_with_jacobian"):
-            # ∂f/∂z carried forward through the net: plain tensors, one backward pass to train.
-            dz, jac = self.net.forward_with_jacobian(t, z)
-            div = jac.diagonal(dim1=1, dim2=2).sum(1)
-            frob = jac.pow(2).sum((1, 2)) if regularize else None
+        if self.solve_trace in ("exact", "hutchinson") and hasattr(
+            self.net, "forward_with_divergence"
+        ):
+            # Trace by the chain rule through the net: plain tensors, one backward pass to train.
+            noise = self._checked_noise(z) if self.solve_trace == "hutchinson" else None
+            dz, div, frob = self.net.forward_with_divergence(t, z, noise, frobenius=regularize)
         else:
             dz, div, frob = self._by_autograd(t, z, regularize)
         if regularize:
             kinetic = dz.pow(2).flatten(1).sum(1)
             return dz, -div, kinetic, frob
         return dz, -div
+
+    def _checked_noise(self, z: torch.Tensor) -> torch.Tensor:
+        if self.noise is None or self.noise.shape != z.shape:
+            raise RuntimeError("CNFDynamics.noise must be set to a tensor shaped like z")
+        return self.noise
 
     def _by_autograd(
         self, t: torch.Tensor, z: torch.Tensor, regularize: bool
@@ -195,9 +207,7 @@ class CNFDynamics(nn.Module):
             if self.solve_trace in ("exact", "exact_autograd"):
                 div, frob = self._exact(dz, z, create_graph, regularize)
             else:
-                e = self.noise
-                if e is None or e.shape != z.shape:
-                    raise RuntimeError("CNFDynamics.noise must be set to a tensor shaped like z")
+                e = self._checked_noise(z)
                 e_dfdz = torch.autograd.grad(dz, z, e, create_graph=create_graph)[0]
                 div = (e_dfdz * e).flatten(1).sum(1)
                 frob = e_dfdz.pow(2).flatten(1).sum(1) if regularize else None
@@ -233,7 +243,7 @@ class CNF(nn.Module):
         net: the vector field f(z, t) (e.g. :class:`~pipeline_lib.flows.odenet.ODENet`).
         T: integration time.
         train_T: learn T (parametrised as T = s², as in FFJORD).
-        trace: ``"hutchinson"`` (FFJORD), ``"exact"`` or ``"exact_autograd"``
+        trace: ``"hutchinson"`` (FFJORD), ``"exact"`` or an autograd variant
             (:data:`TRACE_METHODS`).
         noise: Hutchinson noise, ``"gaussian"`` or ``"rademacher"``.
         solver: default :class:`SolverConfig`.
@@ -289,7 +299,7 @@ class CNF(nn.Module):
         dyn.solve_trace = trace or dyn.trace
         dyn.noise = (
             _sample_noise(z, self.noise, generator)
-            if dyn.solve_trace == "hutchinson" and density
+            if dyn.solve_trace in HUTCHINSON_METHODS and density
             else None
         )
         state: tuple[torch.Tensor, ...] = (z, delta_logp) if density else (z,)

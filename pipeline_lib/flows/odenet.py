@@ -193,16 +193,11 @@ class ODENet(nn.Module):
                 h = self.activation(h)
         return h
 
-    def forward_with_jacobian(
+    def _forward_terms(
         self, t: torch.Tensor, z: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f(z, t)`` and its Jacobian ``∂f/∂z``, shape ``(B, d, d)`` with ``[b, i, k] = ∂f_i/∂z_k``.
-
-        The Jacobian is carried forward through the layers together with the activations, one
-        tangent row ``∂h/∂z_k`` per input direction (no autograd calls; about d extra forward
-        passes of work and d times the activation memory, so meant for low dimension).
-        Gradients of both outputs follow by ordinary backpropagation.
-        """
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """``f(z, t)`` with what its Jacobian is made of: ``∂f/∂z = W_L D_L ⋯ W_1 D_1 W_0``,
+        the layers' weights at time ``t`` (``W_i``) and the activation slopes (``D_i = diag σ'``)."""
         derivative = ACTIVATION_DERIVATIVES.get(type(self.activation))
         if derivative is None:
             raise TypeError(
@@ -210,29 +205,74 @@ class ODENet(nn.Module):
                 "add it to ACTIVATION_DERIVATIVES or use the 'exact_autograd' trace"
             )
         h = z
+        weights: list[torch.Tensor] = []
+        slopes: list[torch.Tensor] = []
         last = len(self.layers) - 1
-        # Tangents are kept row-wise, (B, d, width), so that a layer maps all d of them with
-        # one matrix product. After the first layer ∂h/∂z = diag(σ') W₀ is kept factored: the
-        # next layer applies W diag(σ') W₀ to every direction k at once as the rows of
-        # W ⊙ W₀[:, k]ᵀ acting on σ', without a (B, d, width) intermediate.
-        tangents = first_weight = slope = None
         for i, layer in enumerate(self.layers):
-            weight, bias = layer.affine(t)  # a = W(t) h + c(t), so ∂a/∂z = W(t) ∂h/∂z
+            weight, bias = layer.affine(t)  # a = W(t) h + c(t), so ∂a/∂h = W(t)
+            weights.append(weight)
             h = F.linear(h, weight, bias)
-            if tangents is not None:
-                tangents = F.linear(tangents, weight)
-            elif first_weight is None:
-                first_weight = weight
-                if i == last:  # no hidden layer: ∂f/∂z = W₀
-                    tangents = weight.T.unsqueeze(0)
-            else:
-                rows = weight.unsqueeze(0) * first_weight.T.unsqueeze(1)  # (d, out, in)
-                tangents = F.linear(slope, rows.flatten(0, 1)).unflatten(1, rows.shape[:2])
             if i < last:
                 a = h
                 h = self.activation(a)
-                slope = derivative(self.activation, a, h)  # σ'(a), elementwise
-                if tangents is not None:
-                    tangents = tangents * slope.unsqueeze(1)
-        # tangents[b, k, i] = ∂f_i/∂z_k
-        return h, tangents.transpose(1, 2).expand(z.shape[0], -1, -1)
+                slopes.append(derivative(self.activation, a, h))  # σ'(a), elementwise
+        return h, weights, slopes
+
+    @staticmethod
+    def _vjp(
+        v: torch.Tensor, weights: list[torch.Tensor], slopes: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """``vᵀ ∂f/∂z`` by the chain rule, last layer first; ``v`` is ``(..., B, d)``."""
+        for i in range(len(weights) - 1, -1, -1):
+            v = v @ weights[i]
+            if i > 0:
+                v = v * slopes[i - 1]
+        return v
+
+    def forward_with_jacobian(
+        self, t: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f(z, t)`` and its Jacobian ``∂f/∂z``, shape ``(B, d, d)`` with ``[b, i, k] = ∂f_i/∂z_k``.
+
+        Row ``i`` is ``e_iᵀ ∂f/∂z``, from the saved layer weights and activation slopes (no
+        autograd calls; d extra passes of work, so meant for low dimension). Gradients of both
+        outputs follow by ordinary backpropagation.
+        """
+        f, weights, slopes = self._forward_terms(t, z)
+        basis = torch.eye(self.dim, dtype=z.dtype, device=z.device).unsqueeze(1)  # (d, 1, d)
+        rows = self._vjp(basis, weights, slopes)  # (d, B, d): rows[i, b] = e_iᵀ J_b
+        return f, rows.transpose(0, 1).expand(z.shape[0], -1, -1)
+
+    def forward_with_divergence(
+        self,
+        t: torch.Tensor,
+        z: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        frobenius: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``f(z, t)``, ``Tr ∂f/∂z`` and optionally the RNODE Frobenius term, without autograd.
+
+        With ``noise`` ε (Hutchinson, FFJORD §3.1): the estimate ``εᵀ(∂f/∂z)ε`` and
+        ``‖εᵀ∂f/∂z‖²`` from one vector-Jacobian product by the chain rule (one extra pass).
+        Without: the exact trace. For one or two hidden layers it has a closed form that costs
+        one extra hidden×hidden product for any d; with two,
+        ``Tr(W₂ D₂ W₁ D₁ W₀) = Σ_jm σ'₂_j σ'₁_m W₁[j,m] (W₀W₂)[m,j] = σ'₂ᵀ (W₁ ⊙ (W₀W₂)ᵀ) σ'₁``.
+        Otherwise (deeper nets, or the exact ``‖∂f/∂z‖²_F``) the d rows of the Jacobian are formed.
+        """
+        f, weights, slopes = self._forward_terms(t, z)
+        if noise is not None:
+            e_jac = self._vjp(noise, weights, slopes)
+            frob = e_jac.pow(2).sum(1) if frobenius else None
+            return f, (e_jac * noise).sum(1), frob
+        if not frobenius and len(weights) == 3:
+            w0, w1, w2 = weights
+            coupling = w1 * (w0 @ w2).T  # (H₂, H₁)
+            return f, (slopes[1] * F.linear(slopes[0], coupling)).sum(1), None
+        if not frobenius and len(weights) == 2:
+            w0, w1 = weights
+            return f, slopes[0] @ (w0 * w1.T).sum(1), None
+        basis = torch.eye(self.dim, dtype=z.dtype, device=z.device).unsqueeze(1)
+        rows = self._vjp(basis, weights, slopes)  # (d, B, d)
+        div = rows.diagonal(dim1=0, dim2=2).sum(-1)
+        frob = rows.pow(2).sum((0, 2)).expand(z.shape[0]) if frobenius else None
+        return f, div.expand(z.shape[0]), frob
