@@ -85,7 +85,8 @@ def environment(device: torch.device, threads: Sequence[int]) -> dict:
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         # The trace fast paths of pipeline_lib present in this checkout (used automatically).
         "fast_paths": {
-            name: hasattr(ODENet, name) for name in ("forward_with_jacobian", "forward_with_jvp")
+            name: hasattr(ODENet, name)
+            for name in ("forward_with_jacobian", "forward_with_divergence")
         },
     }
     try:

@@ -57,6 +57,8 @@ def expected(datasets: int, seeds: int, methods: int, rounds: int) -> dict[str, 
         ("config/paper/toy.yaml", 3, 3, None),
         ("config/paper/tabular.yaml", 5, 3, None),
         ("config/paper/ablation.yaml", 25, 3, None),
+        ("config/paper/gaussians.yaml", 1, 1, None),
+        ("config/paper/gaussians_rnode.yaml", 1, 1, None),
     ],
 )
 def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
