@@ -10,6 +10,7 @@ settings of ``config/config.yaml``.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
 import resource
@@ -47,6 +48,8 @@ __all__ = [
     "time_to_quality",
     "toy_iteration",
 ]
+
+log = logging.getLogger("sparseflows.benchmarks")
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE_S1 = REPO / "config" / "published" / "hyperparams_toy.csv"
@@ -165,7 +168,7 @@ class Settings:
     toy_n_per_mode: int = 2730
     rk4_step: float = 0.25
     # RNODE (Finlay et al. 2020): fixed-grid rk4 with kinetic + Jacobian-Frobenius penalties
-    rnode_step: float = 0.5
+    rnode_step: float = 0.25
     rnode_lambda: float = 0.01
     tabular: ModelSpec = field(default_factory=miniboone_spec)
     tabular_repeats: int = 5
@@ -603,6 +606,14 @@ def time_to_quality(s: Settings, clock: Clock, state: dict) -> dict:
                     "val_nll": val.nll,
                     "nfe_per_iter": sum(nfe) / max(len(nfe), 1),
                 }
+            )
+            log.info(
+                "time to quality | epoch %d | %s | val NLL %.4f | NFE/iter %.1f | train %.1f s",
+                epoch + 1,
+                t.name,
+                val.nll,
+                run["history"][-1]["nfe_per_iter"],
+                run["train_seconds"],
             )
             if val.nll <= s.ttq_threshold:
                 run.update(reached=True, seconds_to_threshold=run["train_seconds"])

@@ -109,7 +109,7 @@ def test_tiny_run_writes_section_json_and_summary(tmp_path):
     rk4 = next(r for r in toy if r["variant"] == "d_rk4_exact")
     assert rk4["nfe_forward"]["median"] == 16 and rk4["nfe_backward"]["median"] == 0
     rnode = next(r for r in toy if r["variant"] == "f_rnode_rk4")
-    assert rnode["nfe_forward"]["median"] == 8  # rk4 step 0.5 over [0, 1]
+    assert rnode["nfe_forward"]["median"] == 16  # rk4 step 0.25 over [0, 1]
     ttq = json.loads((tmp_path / "time_to_quality.json").read_text())["results"]
     assert [r["variant"] for r in ttq["runs"]] == [
         "reference",
