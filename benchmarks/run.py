@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.sections import SECTION_FUNCTIONS, SECTIONS, Settings, miniboone_spec
-from benchmarks.timing import Clock, environment
+from benchmarks.timing import Clock, environment, median_of
 
 __all__ = ["main", "render_summary", "run"]
 
@@ -131,7 +131,7 @@ def _iteration_lines(res: dict) -> list[str]:
     ]
     rows = []
     for r in res["rows"]:
-        nfe = f"{_num(_med(r, 'nfe_forward'))}/{_num(_med(r, 'nfe_backward'))}"
+        nfe = f"{_num(median_of(r, 'nfe_forward'))}/{_num(median_of(r, 'nfe_backward'))}"
         label = r["label"] + (f" **failed: {r['error'][:80]}**" if r.get("error") else "")
         rows.append(
             [
@@ -149,16 +149,15 @@ def _iteration_lines(res: dict) -> list[str]:
     return _table(header, rows)
 
 
-def _med(r: dict, key: str):
-    return (r.get(key) or {}).get("median")
+def _architecture(m: dict) -> str:
+    return f"concatsquash {len(m['hidden_dims'])}×{m['hidden_dims'][0]} {m['activation']}"
 
 
 def _section_toy(res: dict) -> list[str]:
     m = res["model"]
     head = (
-        f"Table S1 Gaussians flow: concatsquash {len(m['hidden_dims'])}×{m['hidden_dims'][0]} "
-        f"{m['activation']}, batch {m['batch_size']}, dopri5 rtol={m['rtol']:g} "
-        f"atol={m['atol']:g}, AdamW."
+        f"Table S1 Gaussians flow: {_architecture(m)}, batch {m['batch_size']}, "
+        f"dopri5 rtol={m['rtol']:g} atol={m['atol']:g}, AdamW."
     )
     return [head, "", *_iteration_lines(res)]
 
@@ -166,9 +165,8 @@ def _section_toy(res: dict) -> list[str]:
 def _section_tabular(res: dict) -> list[str]:
     m = res["model"]
     head = (
-        f"MINIBOONE-size flow: concatsquash {len(m['hidden_dims'])}×{m['hidden_dims'][0]} "
-        f"{m['activation']}, d={m['dim']}, T={m['T']:g} (trained), batch {m['batch_size']}, "
-        f"{res['data']}; {res['note']}."
+        f"MINIBOONE-size flow: {_architecture(m)}, d={m['dim']}, T={m['T']:g} (trained), "
+        f"batch {m['batch_size']}, {res['data']}; {res['note']}."
     )
     return [head, "", *_iteration_lines(res)]
 
@@ -233,7 +231,7 @@ def _section_sampling(res: dict) -> list[str]:
     head = f"`flow.sample({res['n']})`, dopri5 rtol={res['solver']['rtol']:g}, {res['weights']}."
     header = ["threads", "mode", "samples/s", "NFE"]
     rows = [
-        [r["threads"], r["mode"], _mi(r["samples_per_second"]), _num(_med(r, "nfe"))]
+        [r["threads"], r["mode"], _mi(r["samples_per_second"]), _num(median_of(r, "nfe"))]
         for r in res["rows"]
     ]
     return [head, "", *_table(header, rows)]

@@ -27,12 +27,13 @@ import torch
 import yaml
 
 from benchmarks.reference import ReferenceFlow, load_from_flow, reference_optimizer, store_into_flow
-from benchmarks.timing import Clock, rotated, summarize
+from benchmarks.timing import Clock, median_of, rotated, summarize
 from pipeline_lib.data import load_dataset
 from pipeline_lib.data.tabular import TABULAR_DIMS
 from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, SolverConfig, build_flow
+from pipeline_lib.flows.cnf import TRACE_METHODS
 from pipeline_lib.pruning import apply_masks, mask_gradients
 from pipeline_lib.training import TrainConfig, make_optimizer, training_loss
 
@@ -282,13 +283,14 @@ class Variant:
 REFERENCE = Variant("reference", "reference: dopri5 adjoint, autograd Hutchinson per evaluation")
 
 
-def trace_methods() -> tuple[str, ...]:
-    """The trace computations pipeline_lib offers in this checkout."""
-    try:
-        from pipeline_lib.flows.cnf import TRACE_METHODS
-    except ImportError:
-        return ("hutchinson", "exact")
-    return tuple(TRACE_METHODS)
+def backprop_hutchinson(spec: ModelSpec) -> Variant:
+    """Ours (b): FFJORD's Hutchinson trace, backprop through dopri5 at the spec's tolerances."""
+    return Variant(
+        "b_backprop_hutchinson",
+        "ours (b): dopri5 backprop, hutchinson",
+        "hutchinson",
+        spec.dopri5(),
+    )
 
 
 def toy_variants(s: Settings) -> list[Variant]:
@@ -304,12 +306,7 @@ def toy_variants(s: Settings) -> list[Variant]:
             "hutchinson",
             spec.dopri5(adjoint=True),
         ),
-        Variant(
-            "b_backprop_hutchinson",
-            "ours (b): dopri5 backprop, hutchinson",
-            "hutchinson",
-            spec.dopri5(),
-        ),
+        backprop_hutchinson(spec),
         Variant("c_backprop_exact", "ours (c): dopri5 backprop, exact", "exact", spec.dopri5()),
         Variant(
             "d_rk4_exact", f"ours (d): rk4 step {s.rk4_step:g} ({nfe} NFE), exact", "exact", rk4
@@ -323,7 +320,7 @@ def toy_variants(s: Settings) -> list[Variant]:
             s.rnode_lambda,
         ),
     ]
-    for method in trace_methods():
+    for method in TRACE_METHODS:
         if method not in ("hutchinson", "exact"):
             variants.append(
                 Variant(
@@ -425,10 +422,6 @@ def _summarize_steps(records: list[dict]) -> dict:
     return out
 
 
-def _median(d: dict, key: str) -> float | None:
-    return (d.get(key) or {}).get("median")
-
-
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -484,9 +477,9 @@ def iteration_benchmark(
                     "solver": t.variant.solver.to_dict() if t.variant.solver else None,
                     "error": t.error,
                     **st,
-                    "ratio_ms_iter": _ratio(_median(ref, "ms_iter"), _median(st, "ms_iter")),
+                    "ratio_ms_iter": _ratio(median_of(ref, "ms_iter"), median_of(st, "ms_iter")),
                     "ratio_ms_per_nfe": _ratio(
-                        _median(ref, "ms_per_nfe"), _median(st, "ms_per_nfe")
+                        median_of(ref, "ms_per_nfe"), median_of(st, "ms_per_nfe")
                     ),
                 }
             )
@@ -514,15 +507,7 @@ def tabular_iteration(s: Settings, clock: Clock, state: dict) -> dict:
     """MINIBOONE-size flow on synthetic data: reference vs ours (b)."""
     spec = s.tabular
     data = synthetic_tabular(s.tabular_n, spec.dim, s.seed)
-    variants = [
-        REFERENCE,
-        Variant(
-            "b_backprop_hutchinson",
-            "ours (b): dopri5 backprop, hutchinson",
-            "hutchinson",
-            spec.dopri5(),
-        ),
-    ]
+    variants = [REFERENCE, backprop_hutchinson(spec)]
     rows = iteration_benchmark(s, clock, spec, variants, data, s.tabular_repeats)
     return {
         "model": asdict(spec),

@@ -31,6 +31,11 @@ class Clock:
         return time.perf_counter()
 
 
+def median_of(stats: dict, key: str) -> float | None:
+    """The median of ``stats[key]`` (a :func:`summarize` result), None when absent."""
+    return (stats.get(key) or {}).get("median")
+
+
 def summarize(samples: Sequence[float]) -> dict:
     """Median, quartiles and IQR of repeated measurements (all samples kept)."""
     values = [float(v) for v in samples]
@@ -72,6 +77,7 @@ def environment(device: torch.device, threads: Sequence[int]) -> dict:
     import torchdiffeq
 
     from pipeline_lib.flows import ODENet
+    from pipeline_lib.flows.cnf import TRACE_METHODS
 
     info = {
         "cpu_model": _cpu_model(),
@@ -88,11 +94,6 @@ def environment(device: torch.device, threads: Sequence[int]) -> dict:
             name: hasattr(ODENet, name)
             for name in ("forward_with_jacobian", "forward_with_divergence")
         },
+        "trace_methods": list(TRACE_METHODS),
     }
-    try:
-        from pipeline_lib.flows.cnf import TRACE_METHODS
-
-        info["trace_methods"] = list(TRACE_METHODS)
-    except ImportError:
-        info["trace_methods"] = ["hutchinson", "exact"]
     return info

@@ -229,6 +229,14 @@ class ODENet(nn.Module):
                 v = v * slopes[i - 1]
         return v
 
+    def _jacobian_rows(
+        self, z: torch.Tensor, weights: list[torch.Tensor], slopes: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The d rows ``e_iᵀ ∂f/∂z``, shape ``(d, B, d)`` (``(d, 1, d)`` for a net without hidden
+        layers, whose Jacobian does not depend on z)."""
+        basis = torch.eye(self.dim, dtype=z.dtype, device=z.device).unsqueeze(1)  # (d, 1, d)
+        return self._vjp(basis, weights, slopes)
+
     def forward_with_jacobian(
         self, t: torch.Tensor, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,8 +247,7 @@ class ODENet(nn.Module):
         outputs follow by ordinary backpropagation.
         """
         f, weights, slopes = self._forward_terms(t, z)
-        basis = torch.eye(self.dim, dtype=z.dtype, device=z.device).unsqueeze(1)  # (d, 1, d)
-        rows = self._vjp(basis, weights, slopes)  # (d, B, d): rows[i, b] = e_iᵀ J_b
+        rows = self._jacobian_rows(z, weights, slopes)  # rows[i, b] = e_iᵀ J_b
         return f, rows.transpose(0, 1).expand(z.shape[0], -1, -1)
 
     def forward_with_divergence(
@@ -271,8 +278,7 @@ class ODENet(nn.Module):
         if not frobenius and len(weights) == 2:
             w0, w1 = weights
             return f, slopes[0] @ (w0 * w1.T).sum(1), None
-        basis = torch.eye(self.dim, dtype=z.dtype, device=z.device).unsqueeze(1)
-        rows = self._vjp(basis, weights, slopes)  # (d, B, d)
+        rows = self._jacobian_rows(z, weights, slopes)
         div = rows.diagonal(dim1=0, dim2=2).sum(-1)
         frob = rows.pow(2).sum((0, 2)).expand(z.shape[0]) if frobenius else None
         return f, div.expand(z.shape[0]), frob
