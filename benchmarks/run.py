@@ -325,6 +325,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tabular-tol", type=float, help="dopri5 rtol=atol of the tabular section (default 1e-5)"
     )
+    p.add_argument("--pipeline-cores", type=int, help="snakemake --cores of the pipeline section")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p.parse_args(argv)
 
@@ -342,6 +343,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["ttq_threshold"] = args.threshold
     if args.budget is not None:
         overrides["ttq_budget_s"] = args.budget
+    if args.pipeline_cores:
+        overrides["pipeline_cores"] = args.pipeline_cores
     if args.tabular_tol is not None:
         overrides["tabular"] = miniboone_spec(args.tabular_tol)
     return Settings.preset(mode, **overrides)

@@ -28,6 +28,7 @@ import yaml
 
 from benchmarks.reference import ReferenceFlow, load_from_flow, reference_optimizer, store_into_flow
 from benchmarks.timing import Clock, median_of, rotated, summarize
+from pipeline_lib.cuda_graphs import GraphedTrainingStep
 from pipeline_lib.data import load_dataset
 from pipeline_lib.data.tabular import TABULAR_DIMS
 from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
@@ -274,6 +275,7 @@ class Variant:
     trace: str | None = None  # None: the reference path
     solver: SolverConfig | None = None
     rnode_lambda: float = 0.0  # λ_K = λ_J of RNODE's penalties (0: plain maximum likelihood)
+    cuda_graph: bool = False  # replay full batches from a CUDA graph (rk4 on a GPU only)
 
     @property
     def is_reference(self) -> bool:
@@ -330,6 +332,12 @@ def toy_variants(s: Settings) -> list[Variant]:
                     spec.dopri5(),
                 )
             )
+    if torch.device(s.device).type == "cuda":  # (g): the rk4 variants replayed from a CUDA graph
+        by_name = {v.name: v for v in variants}
+        for base, name in (("d_rk4_exact", "g_rk4_exact_graph"), ("f_rnode_rk4", "g_rnode_graph")):
+            v = by_name[base]
+            label = v.label.replace("ours (d)", "ours (g)").replace("ours (f)", "ours (g)")
+            variants.append(replace(v, name=name, label=f"{label} + CUDA graph", cuda_graph=True))
     return variants
 
 
@@ -364,6 +372,19 @@ class Trainee:
             )
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = make_optimizer(params, self.config)
+        self.graphed: GraphedTrainingStep | None = None  # captured at the first full batch
+
+    def _replay(self, x: torch.Tensor) -> bool:
+        """Whether this batch is replayed from the variant's CUDA graph (captured on first use;
+        the capture's warm-up passes leave the weights unchanged)."""
+        if not self.variant.cuda_graph:
+            return False
+        if self.graphed is None:
+            self.model.train()
+            self.graphed = GraphedTrainingStep(
+                self.model, lambda m, b: training_loss(m, b, self.config), x
+            )
+        return tuple(x.shape) == self.graphed.batch_shape
 
     @property
     def name(self) -> str:
@@ -372,20 +393,26 @@ class Trainee:
     def step(self, x: torch.Tensor, clock: Clock) -> dict:
         """One training iteration on ``x``, timed: forward (loss), backward + optimizer step."""
         model, ours = self.model, not self.variant.is_reference
-        self.optimizer.zero_grad(set_to_none=True)
-        n0, t0 = model.nfe, clock.now()
-        if ours:  # the objective, RNODE's penalties included; its NLL part is reported
-            loss, nll, _ = training_loss(model, x, self.config)
-        else:
-            loss = nll = -model.log_prob(x).mean()
-        n1, t1 = model.nfe, clock.now()
-        loss.backward()
+        replay = self._replay(x)
+        if replay:  # one replay: forward and backward, timed as "forward"; NFE from the capture
+            n0, t0 = 0, clock.now()
+            loss, nll, n1 = self.graphed.step(x)
+            t1 = clock.now()
+        else:  # beside a graph, gradients are zeroed in place (the graph owns the tensors)
+            self.optimizer.zero_grad(set_to_none=self.graphed is None)
+            n0, t0 = model.nfe, clock.now()
+            if ours:  # the objective, RNODE's penalties included; its NLL part is reported
+                loss, nll, _ = training_loss(model, x, self.config)
+            else:
+                loss = nll = -model.log_prob(x).mean()
+            n1, t1 = model.nfe, clock.now()
+            loss.backward()
         if ours:
             mask_gradients(model)
         self.optimizer.step()
         if ours:
             apply_masks(model)
-        n2, t2 = model.nfe, clock.now()
+        n2, t2 = (n1 if replay else model.nfe), clock.now()
         value = nll.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite loss {value}")
@@ -539,7 +566,17 @@ def time_to_quality(s: Settings, clock: Clock, state: dict) -> dict:
     by_name = {v.name: v for v in toy_variants(s)}
     variants = [
         REFERENCE,
-        *(by_name[k] for k in ("f_rnode_rk4", "d_rk4_exact", "b_backprop_hutchinson")),
+        *(
+            by_name[k]
+            for k in (
+                "f_rnode_rk4",
+                "d_rk4_exact",
+                "b_backprop_hutchinson",
+                "g_rk4_exact_graph",
+                "g_rnode_graph",
+            )
+            if k in by_name  # (g) on a GPU only
+        ),
     ]
     init = _init_flow(spec, s.seed)
     torch.manual_seed(s.seed)
@@ -789,6 +826,8 @@ def pipeline_run(s: Settings, clock: Clock, state: dict) -> dict:
             f"results={tmp / 'results'}",
             f"resources={tmp / 'resources'}",
         ]
+        if torch.device(s.device).type == "cuda":  # the GPU workstation's command
+            cmd += ["--resources", f"gpu={torch.cuda.device_count()}"]
         timer = _gnu_time()
         if timer:
             cmd = [timer, "-v", "-o", str(tmp / "time.txt"), *cmd]

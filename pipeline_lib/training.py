@@ -2,7 +2,8 @@
 
 Adam or AdamW with (β1, β2) and weight decay, a step learning-rate schedule (×γ at milestone
 epochs; Tables S1–S3), validation every epoch, a checkpoint every epoch from which a killed run
-resumes where it stopped, and the optional RNODE regularizers (Finlay et al. 2020, Eq. 6):
+resumes where it stopped, full batches replayed from a CUDA graph on a GPU with a fixed-grid
+solver (:mod:`pipeline_lib.cuda_graphs`), and the optional RNODE regularizers (Finlay et al. 2020, Eq. 6):
 
     loss = NLL + λ_K · ∫‖f‖² dt + λ_J · ∫‖εᵀ∂f/∂z‖² dt.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline_lib.cuda_graphs import GraphedTrainingStep
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.flows import ContinuousFlow, SolverConfig, SolverError
 from pipeline_lib.pruning import apply_masks, mask_gradients
@@ -69,6 +71,8 @@ class TrainConfig:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         seed: seeds shuffling and Hutchinson noise.
         log_every: log every this many iterations within an epoch (0 = only per epoch).
+        cuda_graphs: on a GPU, replay full batches of a fixed-grid (rk4) solve from a CUDA
+            graph (:mod:`pipeline_lib.cuda_graphs`); other solvers and devices train eagerly.
     """
 
     optimizer: str = "adam"
@@ -89,6 +93,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     log_every: int = 0
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -237,6 +242,15 @@ def train(
 
     shuffle = torch.Generator(device="cpu")
     n = train_x.shape[0]
+    graphed = None
+    if cfg.cuda_graphs and start_epoch < cfg.epochs and n >= cfg.batch_size:
+        model.train()
+        graphed = GraphedTrainingStep.maybe(
+            model,
+            lambda m, b: training_loss(m, b, cfg),
+            train_x[: cfg.batch_size],
+            tag=prefix,
+        )
     t_run = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -247,9 +261,14 @@ def train(
         iters = 0
         for start in range(0, n, cfg.batch_size):
             batch = train_x[order[start : start + cfg.batch_size]]
-            optimizer.zero_grad(set_to_none=True)
+            replay = graphed is not None and tuple(batch.shape) == graphed.batch_shape
+            if not replay:  # the graph owns the .grad tensors: zero them in place beside it
+                optimizer.zero_grad(set_to_none=graphed is None)
             try:
-                loss, nll, nfe_f = training_loss(model, batch, cfg)
+                if replay:
+                    loss, nll, nfe_f = graphed.step(batch)
+                else:
+                    loss, nll, nfe_f = training_loss(model, batch, cfg)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
                         f"{prefix}non-finite loss ({loss.item()}) at epoch {epoch + 1}, "
@@ -257,7 +276,8 @@ def train(
                         "set train.grad_clip, or tighten solver.rtol/atol"
                     )
                 nfe_before = model.nfe
-                loss.backward()
+                if not replay:
+                    loss.backward()
             except SolverError as err:
                 raise SolverError(
                     f"{prefix}epoch {epoch + 1}, iteration {iters + 1}: {err}"

@@ -27,7 +27,10 @@ reusing the trace noise (exact ‖∂f/∂z‖²_F when the trace is exact).
 
 Solvers come from torchdiffeq (dopri5, rk4, euler, …): adaptive ones with ``rtol``/``atol``,
 fixed-grid ones with ``step_size``; gradients by plain backpropagation through the solver or
-by the adjoint method. Function evaluations (NFE) are counted.
+by the adjoint method. Function evaluations (NFE) are counted. ``rk4`` without the adjoint is
+stepped by :func:`rk4_fixed_grid`, torchdiffeq's rk4 on torchdiffeq's grid without its host
+synchronizations, so that a training step can be captured in a CUDA graph
+(:mod:`pipeline_lib.cuda_graphs`).
 
 Example::
 
@@ -56,6 +59,7 @@ __all__ = [
     "SolverError",
     "TRACE_METHODS",
     "bits_per_dim",
+    "rk4_fixed_grid",
     "standard_normal_logprob",
 ]
 
@@ -136,6 +140,49 @@ def standard_normal_logprob(z: torch.Tensor) -> torch.Tensor:
 def bits_per_dim(nll_nats: torch.Tensor | float, dim: int) -> torch.Tensor | float:
     """Convert a per-sample NLL in nats to bits per dimension."""
     return nll_nats / (dim * math.log(2.0))
+
+
+def rk4_fixed_grid(
+    func,
+    state: tuple[torch.Tensor, ...],
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    span: float,
+    step_size: float,
+) -> tuple[torch.Tensor, ...]:
+    """Integrate ``d state/dt = func(t, state)`` from ``t0`` to ``t1`` with classical fourth-order
+    Runge-Kutta steps in the 3/8-rule form, on torchdiffeq's grid.
+
+    The same arithmetic as torchdiffeq's ``rk4`` (``rk4_alt_step_func`` on
+    ``_grid_constructor_from_step_size``: points ``t0 + k·h`` and a last, shorter step onto
+    ``t1``; 4 evaluations per step) without its host synchronizations (``.item()`` on the grid,
+    comparisons of device tensors), so the solve can be captured in a CUDA graph. ``span`` is
+    ``t1 - t0`` as a host float (it fixes the number of steps); ``t1`` keeps its gradient (a
+    trainable end time). Returns the state at ``t1``.
+    """
+    points = math.ceil(abs(span) / step_size + 1)
+    h = step_size if span >= 0 else -step_size
+    grid = torch.arange(points - 1, dtype=t0.dtype, device=t0.device) * h + t0
+    grid = torch.cat([grid, t1.reshape(1).to(t0.dtype)])
+    third, two_thirds = 1.0 / 3.0, 2.0 / 3.0
+    y = state
+    for k in range(points - 1):
+        ta, tb = grid[k], grid[k + 1]
+        dt = tb - ta
+        k1 = func(ta, y)
+        k2 = func(ta + dt * third, tuple(yi + dt * a * third for yi, a in zip(y, k1, strict=True)))
+        k3 = func(
+            ta + dt * two_thirds,
+            tuple(yi + dt * (b - a * third) for yi, a, b in zip(y, k1, k2, strict=True)),
+        )
+        k4 = func(
+            tb, tuple(yi + dt * (a - b + c) for yi, a, b, c in zip(y, k1, k2, k3, strict=True))
+        )
+        y = tuple(
+            yi + (a + 3 * (b + c) + d) * dt * 0.125
+            for yi, a, b, c, d in zip(y, k1, k2, k3, k4, strict=True)
+        )
+    return y
 
 
 def _sample_noise(like: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -267,10 +314,21 @@ class CNF(nn.Module):
             self.register_buffer("sqrt_end_time", sqrt_T)
         self.noise = noise
         self.solver = solver or SolverConfig()
+        self._host_end_time: float | None = None
 
     @property
     def end_time(self) -> torch.Tensor:
         return self.sqrt_end_time * self.sqrt_end_time
+
+    def host_end_time(self) -> float:
+        """T as a Python float: read from the device outside CUDA-graph capture (a
+        synchronization), the last value read while capturing (T is then fixed)."""
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            if self._host_end_time is None:
+                raise RuntimeError("run the flow once before capturing it in a CUDA graph")
+            return self._host_end_time
+        self._host_end_time = float(self.end_time.detach())
+        return self._host_end_time
 
     def forward(
         self,
@@ -306,14 +364,20 @@ class CNF(nn.Module):
         if regularize and density:
             zeros = torch.zeros_like(delta_logp)
             state = (*state, zeros, zeros.clone())
+        adjoint = solver.adjoint and torch.is_grad_enabled()
         try:
-            if solver.adjoint and torch.is_grad_enabled():
+            if solver.method == "rk4" and not adjoint:
+                span = -self.host_end_time() if reverse else self.host_end_time()
+                final = rk4_fixed_grid(dyn, state, times[0], times[1], span, solver.step_size)
+            elif adjoint:
                 params = tuple(p for p in self.parameters() if p.requires_grad)
                 out = odeint_adjoint(
                     dyn, state, times, adjoint_params=params, **solver.odeint_kwargs()
                 )
+                final = tuple(s[-1] for s in out)
             else:
                 out = odeint(dyn, state, times, **solver.odeint_kwargs())
+                final = tuple(s[-1] for s in out)
         except AssertionError as err:  # torchdiffeq signals underflow / step limits this way
             raise SolverError(
                 f"ODE solver {solver.method} failed ({err}). The dynamics became too stiff: lower "
@@ -321,8 +385,8 @@ class CNF(nn.Module):
                 "fixed-step solver (rk4 with solver.step_size)."
             ) from err
         if not density:
-            return out[0][-1], delta_logp
-        return tuple(s[-1] for s in out)
+            return final[0], delta_logp
+        return final
 
 
 @dataclass
