@@ -59,7 +59,7 @@ TABULAR_CONFIG = REPO / "config" / "paper" / "tabular.yaml"
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
 
 #: Section names, in the order they run (``--only`` picks some).
-SECTIONS = ("toy", "tabular", "time_to_quality", "hessian", "sampling", "pipeline")
+SECTIONS = ("toy", "tabular", "time_to_quality", "batched", "hessian", "sampling", "pipeline")
 
 
 # --------------------------------------------------------------------------- settings
@@ -181,6 +181,8 @@ class Settings:
     ttq_budget_s: float = 1800.0
     ttq_max_epochs: int = 100
     eval_tol: float = 1e-5
+    # several models in one process: numbers of models trained together
+    batched_models: tuple[int, ...] = (2, 4)
     # Hessian and sampling
     hessian: dict = field(default_factory=default_hessian_settings)
     hessian_repeats: int = 3
@@ -768,6 +770,83 @@ def sampling(s: Settings, clock: Clock, state: dict) -> dict:
     return {"weights": weights, "n": s.sampling_n, "solver": solver.to_dict(), "rows": rows}
 
 
+# --------------------------------------------------------------------------- batched models
+
+
+def batched_training(s: Settings, clock: Clock, state: dict) -> dict:
+    """K flows trained in one process with stacked weights against one after another.
+
+    The K copies of variant (d) (the Table S1 flow, rk4 step ``s.rk4_step``, exact trace) have
+    their parameters stacked by ``torch.func.stack_module_state`` and one loss evaluated for all
+    of them by ``torch.func.vmap`` over ``functional_call`` (every matrix product becomes a
+    batched one), then one backward pass; the sequential way runs K ordinary forward and
+    backward passes. Forward + backward only (the optimizer step is the same either way), each
+    model on its own batch. Reports ms per model and iteration and their ratio, after checking
+    that both ways give the same K losses.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    device = clock.device
+    spec = s.toy
+    solver = SolverConfig(method="rk4", step_size=s.rk4_step)
+    data = load_dataset("gaussians", seed=s.seed, n_per_mode=s.toy_n_per_mode).train.to(device)
+    rows = []
+    for threads in s.threads:
+        torch.set_num_threads(threads)
+        for k in s.batched_models:
+            torch.manual_seed(s.seed)
+            models = [build_flow(spec.flow_config("exact", solver)).to(device) for _ in range(k)]
+            g = torch.Generator().manual_seed(s.seed)
+            xs = data[torch.randint(0, data.shape[0], (k, spec.batch_size), generator=g)]
+            params, _ = stack_module_state(models)
+            template = models[0]
+            buffers = dict(template.named_buffers())  # unpruned: the same for every model
+
+            def loss_of(p: dict, x: torch.Tensor, template=template, buffers=buffers):
+                return -functional_call(template, (p, buffers), (x,)).log_prob.mean()
+
+            batched_loss = vmap(loss_of)
+
+            def sequential(models=models, xs=xs) -> torch.Tensor:
+                losses = []
+                for m, x in zip(models, xs, strict=True):
+                    m.zero_grad(set_to_none=True)
+                    loss = -m(x).log_prob.mean()
+                    loss.backward()
+                    losses.append(loss.detach())
+                return torch.stack(losses)
+
+            def batched(params=params, xs=xs, batched_loss=batched_loss) -> torch.Tensor:
+                for p in params.values():
+                    p.grad = None
+                losses = batched_loss(params, xs)
+                losses.sum().backward()
+                return losses.detach()
+
+            ways = {"sequential": sequential, "batched": batched}
+            check = float((sequential() - batched()).abs().max())
+            times: dict[str, list[float]] = {w: [] for w in ways}
+            for rep in range(s.warmup + s.repeats):
+                for way in rotated(list(ways), rep):
+                    t0 = clock.now()
+                    ways[way]()
+                    if rep >= s.warmup:
+                        times[way].append(1e3 * (clock.now() - t0) / k)
+            seq, bat = summarize(times["sequential"]), summarize(times["batched"])
+            rows.append(
+                {
+                    "threads": threads,
+                    "models": k,
+                    "ms_per_model_sequential": seq,
+                    "ms_per_model_batched": bat,
+                    "ratio": seq["median"] / bat["median"],
+                    "max_loss_difference": check,
+                }
+            )
+            log.info("batched: %d threads, %d models: %.2fx", threads, k, rows[-1]["ratio"])
+    return {"model": asdict(spec), "solver": solver.to_dict(), "rows": rows}
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -862,6 +941,7 @@ SECTION_FUNCTIONS = {
     "toy": toy_iteration,
     "tabular": tabular_iteration,
     "time_to_quality": time_to_quality,
+    "batched": batched_training,
     "hessian": hessian_cost,
     "sampling": sampling,
     "pipeline": pipeline_run,
