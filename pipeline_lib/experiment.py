@@ -33,7 +33,13 @@ __all__ = [
     "prune_config",
     "round_count",
     "train_config",
+    "training_settings",
 ]
+
+#: Settings that cannot change a trained model: what the evaluation of a checkpoint measures
+#: (samples, Hessian) and how often training logs and validates (the last epoch is always
+#: validated, so the round's validation NLL does not depend on it).
+NOT_TRAINING = {"evaluation": ("samples", "hessian"), "train": ("log_every", "val_every")}
 
 
 def _slug(value: Any) -> str:
@@ -64,6 +70,17 @@ def expand_experiments(experiments: dict[str, dict]) -> dict[str, dict]:
                 e[section][field] = copy.deepcopy(value)
                 parts.append(f"{field}-{_slug(value)}")
             out[f"{name}__{'__'.join(parts)}"] = e
+    return out
+
+
+def training_settings(exp: dict) -> dict:
+    """The experiment without the settings of :data:`NOT_TRAINING`: the parameters of the
+    training jobs, so that editing them re-evaluates checkpoints instead of retraining."""
+    out = copy.deepcopy(exp)
+    for section, keys in NOT_TRAINING.items():
+        if isinstance(out.get(section), dict):
+            for key in keys:
+                out[section].pop(key, None)
     return out
 
 

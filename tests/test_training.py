@@ -141,3 +141,24 @@ def test_rnode_regularization_reduces_kinetic_energy():
         with torch.no_grad():
             energies.append(flow(x[:256], regularize=True).kinetic.mean().item())
     assert energies[1] < energies[0]
+
+
+def test_validation_every_k_epochs_keeps_the_model_and_the_final_validation():
+    """val_every=3 over 7 epochs: validated after epochs 3, 6 and 7 only; the same weights as
+    validating every epoch, and the run's validation NLL is the final model's."""
+    from pipeline_lib.evaluation.nll import evaluate_nll
+
+    x, v = toy_data(512, 0), toy_data(128, 1)
+    runs = {}
+    for k in (1, 3):
+        flow = make_flow()
+        res = train(flow, x, v, cfg(epochs=7, val_every=k))
+        runs[k] = (res, weights(flow), flow)
+    sparse, dense = runs[3][0], runs[1][0]
+    assert [h["epoch"] for h in sparse.history if h["val_nll"] is not None] == [3, 6, 7]
+    assert all(h["nfe_val"] is None for h in sparse.history if h["val_nll"] is None)
+    for a, b in zip(runs[1][1], runs[3][1], strict=True):
+        assert torch.equal(a, b)
+    final = evaluate_nll(runs[3][2], v, 10_000).nll
+    assert sparse.val_nll == pytest.approx(final, abs=1e-6) == dense.val_nll
+    assert sparse.best_val_nll == min(dense.history[e - 1]["val_nll"] for e in (3, 6, 7))

@@ -219,6 +219,18 @@ def test_tiny_end_to_end_run(tmp_path):
     )
     counts = job_counts(res.stdout)
     assert set(counts) == {"figures", "all", "total"}
+    # evaluation-only settings re-evaluate the checkpoints without retraining them ...
+    edited = yaml.safe_load(cfg.read_text())
+    edited["experiments"]["tiny"]["evaluation"]["hessian"] = {"power_iters": 7}
+    edited["experiments"]["tiny"]["train"]["val_every"] = 2
+    cfg.write_text(yaml.safe_dump(edited))
+    counts = dry_run(cfg, tmp_path)
+    assert counts["evaluate"] == 5 and "prune_round" not in counts and "train_dense" not in counts
+    # ... while a training setting retrains
+    edited["experiments"]["tiny"]["train"]["lr"] = 2.0e-2
+    cfg.write_text(yaml.safe_dump(edited))
+    counts = dry_run(cfg, tmp_path)
+    assert counts["train_dense"] == 1 and counts["prune_round"] == 4
 
 
 def summary_rows(results: Path) -> pd.DataFrame:

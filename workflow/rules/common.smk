@@ -15,6 +15,7 @@ from pipeline_lib.experiment import (  # noqa: E402
     describe_validation_error,
     expand_experiments,
     round_count,
+    training_settings,
 )
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -35,7 +36,11 @@ COMPUTE = config["compute"]
 SUMMARY = f"{RESULTS}/summary.parquet"
 ENV = str(REPO / "environment.yml")
 GPU = COMPUTE["gpus_per_job"]
-DATA_IDS = {data_id(e): e for e in EXPERIMENTS.values()}
+# What a data directory depends on (its rule's parameters): the dataset and its generator.
+DATA_IDS = {
+    data_id(e): {"dataset": e["dataset"], "data": e.get("data") or {}}
+    for e in EXPERIMENTS.values()
+}
 ROUNDS = {name: round_count(e) for name, e in EXPERIMENTS.items()}
 
 
@@ -160,6 +165,11 @@ def snapshots(w):
 
 def experiment_params(w):
     return EXPERIMENTS[w.experiment]
+
+
+def training_params(w):
+    """What shapes the trained model (evaluation-only settings left out): see config/README.md."""
+    return training_settings(EXPERIMENTS[w.experiment])
 
 
 def data_settings(w):

@@ -19,7 +19,7 @@ rule train_dense:
         runtime=COMPUTE["runtime_minutes"],
         mem_mb=COMPUTE["mem_mb"],
     params:
-        exp=experiment_params,
+        exp=training_params,
         device=COMPUTE["device"],
     script:
         "../scripts/train_round.py"
