@@ -171,6 +171,9 @@ def test_tiny_end_to_end_run(tmp_path):
         },
     }
     cfg = tiny_config(tmp_path, extra={"stopper": stop})
+    tiny_cfg = yaml.safe_load(cfg.read_text())
+    tiny_cfg["experiments"]["tiny"]["train"]["val_every"] = 2  # reaches the jobs untracked
+    cfg.write_text(yaml.safe_dump(tiny_cfg))
     t0 = time.time()
     res = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path, timeout=180)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -208,6 +211,8 @@ def test_tiny_end_to_end_run(tmp_path):
     # progress in the logs: epochs, NFE, round r of R
     log = (results / "logs/tiny/seed0/unstructured/round002.log").read_text()
     assert "round 2/2 | epoch 2/2" in log and "NFE" in log
+    assert re.search(r"round 2/2 \| epoch 1/2 \| loss [-\d.]+ \| val NLL – \|", log)
+    assert re.search(r"round 2/2 \| epoch 2/2 \| loss [-\d.]+ \| val NLL [-\d.]+ \|", log)
     # the HTML report bundles the figure and tables with their captions
     res = snakemake(["--configfile", str(cfg), "--report", "report.html"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -222,7 +227,7 @@ def test_tiny_end_to_end_run(tmp_path):
     # evaluation-only settings re-evaluate the checkpoints without retraining them ...
     edited = yaml.safe_load(cfg.read_text())
     edited["experiments"]["tiny"]["evaluation"]["hessian"] = {"power_iters": 7}
-    edited["experiments"]["tiny"]["train"]["val_every"] = 2
+    edited["experiments"]["tiny"]["train"]["val_every"] = 1
     cfg.write_text(yaml.safe_dump(edited))
     counts = dry_run(cfg, tmp_path)
     assert counts["evaluate"] == 5 and "prune_round" not in counts and "train_dense" not in counts
@@ -296,3 +301,21 @@ def test_config_overrides_keep_the_default_configfile(tmp_path):
     assert res.returncode == 0, res.stderr
     assert job_counts(res.stdout)["train_dense"] == 3
     assert f"{tmp_path}/out/summary.parquet" in res.stdout
+
+
+def test_training_settings_leave_out_evaluation_only_keys_and_put_them_back():
+    from pipeline_lib.experiment import training_settings, with_untracked_settings
+
+    exp = {
+        "dataset": "gaussians",
+        "train": {"lr": 1e-3, "val_every": 5, "log_every": 0},
+        "evaluation": {"trace": "exact", "solver": None, "hessian": {"power_iters": 3}},
+    }
+    tracked = training_settings(exp)
+    assert tracked == {
+        "dataset": "gaussians",
+        "train": {"lr": 1e-3},
+        "evaluation": {"trace": "exact", "solver": None},
+    }
+    assert exp["train"]["val_every"] == 5  # the input is not modified
+    assert with_untracked_settings(tracked, exp) == exp

@@ -2,13 +2,16 @@
 
 from _runtime import torch_job
 
+from pipeline_lib.experiment import expand_experiments, with_untracked_settings
 from pipeline_lib.stages import train_round
 
 smk = snakemake  # noqa: F821
 with torch_job(smk) as (log, device):
     method = smk.wildcards.get("method")
+    # params.exp holds what shapes the model; logging / validation frequency come from the config
+    full = expand_experiments(smk.config["experiments"])[smk.wildcards.experiment]
     train_round(
-        smk.params.exp,
+        with_untracked_settings(smk.params.exp, full),
         experiment=smk.wildcards.experiment,
         seed=int(smk.wildcards.seed),
         method=method,
