@@ -63,7 +63,6 @@ class GraphedTrainingStep:
     """
 
     def __init__(self, model: ContinuousFlow, loss_fn, example: torch.Tensor, warmup: int = 3):
-        self.model = model
         self.batch_shape = tuple(example.shape)
         self.static_batch = torch.zeros_like(example)
         stream = torch.cuda.Stream(device=example.device)

@@ -34,7 +34,6 @@ __all__ = [
     "round_count",
     "train_config",
     "training_settings",
-    "with_untracked_settings",
 ]
 
 #: Settings that cannot change a trained model: what the evaluation of a checkpoint measures
@@ -82,19 +81,6 @@ def training_settings(exp: dict) -> dict:
         if isinstance(out.get(section), dict):
             for key in keys:
                 out[section].pop(key, None)
-    return out
-
-
-def with_untracked_settings(tracked: dict, full: dict) -> dict:
-    """``tracked`` (a training job's parameters, :func:`training_settings`) with the
-    :data:`NOT_TRAINING` settings put back from ``full`` (the whole experiment): what the job runs
-    with. They reach the job outside its parameters so that editing them retrains nothing."""
-    out = copy.deepcopy(tracked)
-    for section, keys in NOT_TRAINING.items():
-        source = full.get(section) or {}
-        for key in keys:
-            if key in source:
-                out.setdefault(section, {})[key] = copy.deepcopy(source[key])
     return out
 
 

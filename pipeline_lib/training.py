@@ -1,9 +1,10 @@
 """Training of a flow by maximum likelihood: the TRAIN step of Algorithm 1 (Sparse Flows §3.2).
 
 Adam or AdamW with (β1, β2) and weight decay, a step learning-rate schedule (×γ at milestone
-epochs; Tables S1–S3), validation every epoch (or every k-th and the last), a checkpoint every epoch from which a killed run
-resumes where it stopped, full batches replayed from a CUDA graph on a GPU with a fixed-grid
-solver (:mod:`pipeline_lib.cuda_graphs`), and the optional RNODE regularizers (Finlay et al. 2020, Eq. 6):
+epochs; Tables S1–S3), validation every epoch (or every k-th and the last), a checkpoint every
+epoch from which a killed run resumes where it stopped, full batches replayed from a CUDA graph
+on a GPU with a fixed-grid solver (:mod:`pipeline_lib.cuda_graphs`), and the optional RNODE
+regularizers (Finlay et al. 2020, Eq. 6):
 
     loss = NLL + λ_K · ∫‖f‖² dt + λ_J · ∫‖εᵀ∂f/∂z‖² dt.
 

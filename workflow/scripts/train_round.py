@@ -2,16 +2,16 @@
 
 from _runtime import torch_job
 
-from pipeline_lib.experiment import expand_experiments, with_untracked_settings
+from pipeline_lib.experiment import expand_experiments
 from pipeline_lib.stages import train_round
 
 smk = snakemake  # noqa: F821
 with torch_job(smk) as (log, device):
     method = smk.wildcards.get("method")
-    # params.exp holds what shapes the model; logging / validation frequency come from the config
-    full = expand_experiments(smk.config["experiments"])[smk.wildcards.experiment]
+    # params.exp (what shapes the model) decides reruns; the job runs with the whole experiment,
+    # logging and validation frequency included, read from the config
     train_round(
-        with_untracked_settings(smk.params.exp, full),
+        expand_experiments(smk.config["experiments"])[smk.wildcards.experiment],
         experiment=smk.wildcards.experiment,
         seed=int(smk.wildcards.seed),
         method=method,
