@@ -13,6 +13,11 @@ from pipeline_lib.reporting.figures import (
     plot_metrics_vs_prune_ratio,
     plot_nll_vs_prune_ratio,
 )
+from pipeline_lib.reporting.published import (
+    published_metric_curve,
+    published_nll_curve,
+    published_sparse_flow,
+)
 from pipeline_lib.reporting.tables import (
     good_samples_table,
     hessian_table,
@@ -78,12 +83,16 @@ def test_hessian_table_normalizes_to_the_unpruned_flow(tmp_path):
     df = synthetic_summary()
     table = hessian_table(df, PUBLISHED)
     g = table[(table["experiment"] == "g") & (table["method"] == "structured")].set_index("round")
-    assert g.loc[2, "lambda_max_rel"] == pytest.approx(
-        g.loc[2, "lambda_max_mean"] / g.loc[0, "lambda_max_mean"]
-    )
+    # normalized per seed to that seed's unpruned flow, then averaged (λ = 2/(r+1) + 0.01·seed)
+    per_seed = [(2 / 3 + 0.01 * s) / (2 + 0.01 * s) for s in (0, 1, 2)]
+    assert g.loc[2, "lambda_max_rel"] == pytest.approx(np.mean(per_seed))
     assert g.loc[0, "kappa_rel"] == pytest.approx(1.0)
     # Table S11: unpruned Gaussians λ_max 0.0190
     assert g.loc[0, "paper_lambda_max"] == pytest.approx(0.019)
+    assert g.loc[0, "paper_test_nll"] == pytest.approx(1.173)
+    # the published values are structured pruning: none beside the unstructured rows
+    u = table[(table["experiment"] == "g") & (table["method"] == "unstructured")]
+    assert u["paper_lambda_max"].isna().all() and u["paper_test_nll"].isna().all()
     summary = tmp_path / "s.parquet"
     df.to_parquet(summary)
     write_hessian_table(
@@ -100,13 +109,39 @@ def test_good_samples_table_matches_published_by_prune_ratio():
     assert g.loc[1, "paper_good_pct_3"] == pytest.approx(93.45)  # 20%, n=3
     assert g.loc[2, "paper_good_pct_2"] == pytest.approx(84.30)  # 52%, n=2
     assert g.loc[1, "good_pct_3_mean"] == pytest.approx(91.0)
+    u = table[(table["experiment"] == "g") & (table["method"] == "unstructured")]
+    assert u["paper_good_pct_2"].isna().all()
+
+
+def test_nll_table_of_one_method_keeps_prune_ratio_and_seeds(tmp_path):
+    """A run of structured pruning alone: the prune ratio and seed count come from it, and the
+    Markdown table has no empty unstructured columns."""
+    df = synthetic_summary()
+    df = df[df["method"] == "structured"]
+    table = nll_table(df, "gaussians", PUBLISHED)
+    assert table["prune_ratio"].tolist() == pytest.approx([0.0, 0.2, 0.52])
+    assert table["seeds_structured"].tolist() == [3, 3, 3]
+    assert table["seeds_unstructured"].tolist() == [0, 0, 0]
+    # the paper's Gaussians NLL is Table S11's (structured): 1.173 unpruned, none at 20 / 52 %
+    assert table.loc[0, "paper_structured"] == pytest.approx(1.173)
+    assert table.loc[1:, "paper_structured"].isna().all()
+    summary = tmp_path / "s.parquet"
+    df.to_parquet(summary)
+    write_nll_table(
+        summary, "gaussians", PUBLISHED, tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "t.tex"
+    )
+    md = (tmp_path / "t.md").read_text()
+    assert "| 52%" in md and "nan" not in md
+    assert "unstr." not in md and "seeds (str.)" in md
 
 
 def test_figures_and_markdown_tables_are_written(tmp_path):
     summary = tmp_path / "s.parquet"
     synthetic_summary().to_parquet(summary)
-    plot_nll_vs_prune_ratio(summary, tmp_path / "nll.png", tmp_path / "nll.pdf")
-    plot_metrics_vs_prune_ratio(summary, ["lambda_max", "kappa"], tmp_path / "h.png")
+    plot_nll_vs_prune_ratio(summary, tmp_path / "nll.png", tmp_path / "nll.pdf", PUBLISHED)
+    plot_metrics_vs_prune_ratio(
+        summary, ["lambda_max_rel", "good_pct_2"], tmp_path / "h.png", published_dir=PUBLISHED
+    )
     assert (tmp_path / "nll.png").stat().st_size > 10_000 and (tmp_path / "nll.pdf").exists()
     assert (tmp_path / "h.png").stat().st_size > 10_000
     write_nll_table(
@@ -128,3 +163,41 @@ def test_checkpoint_key_parses_the_results_layout():
         "structured",
         12,
     )
+
+
+def test_published_nll_curve_reads_the_papers_tables():
+    # Gaussians: Table S11's structured NLL, unpruned flow at prune ratio 0
+    g = published_nll_curve(PUBLISHED, "gaussians")
+    assert set(g["method"]) == {"structured"}
+    assert g.set_index("prune_ratio")["nll"].to_dict() == {
+        0.0: 1.173,
+        0.25: 1.157,
+        0.67: 1.148,
+        0.82: 1.120,
+        0.9: 1.136,
+        0.94: 1.173,
+        0.96: 1.244,
+    }
+    # POWER: Table S4, both methods, the same numbers as the side-by-side table reads
+    p = published_nll_curve(PUBLISHED, "power")
+    wide = published_sparse_flow(PUBLISHED, "power")
+    for method in ("unstructured", "structured"):
+        mine = p[p["method"] == method].set_index("prune_ratio")["nll"]
+        theirs = wide.dropna(subset=[method]).set_index("prune_ratio")[method]
+        assert mine.to_dict() == theirs.to_dict()
+    assert published_nll_curve(PUBLISHED, "no_such_dataset").empty
+
+
+def test_published_metric_curve_reads_tables_4_and_5():
+    g2 = published_metric_curve(PUBLISHED, "gaussians", "good_pct_2")
+    assert g2.set_index("prune_ratio")["value"][0.52] == pytest.approx(84.30)
+    lam = published_metric_curve(PUBLISHED, "gaussians", "lambda_max_rel")
+    assert lam.set_index("prune_ratio")["value"].to_dict() == {
+        0.0: 1.0,
+        0.2: 0.976,
+        0.6: 0.356,
+        0.7: 0.295,
+        0.9: 0.416,
+    }
+    assert published_metric_curve(PUBLISHED, "gaussians", "lambda_max").empty  # raw: not Table 5
+    assert published_metric_curve(PUBLISHED, "power", "good_pct_2").empty

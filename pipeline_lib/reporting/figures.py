@@ -2,7 +2,8 @@
 
 :func:`plot_nll_vs_prune_ratio` is Sparse Flows Figs. 2, 4, 7 and 8: test NLL against the
 overall prune ratio, unstructured vs structured, mean ± std over seeds, the dense flow as a
-dashed reference line, one panel per experiment.
+dashed reference line, the published Sparse Flow values as open markers, one panel per
+experiment.
 """
 
 from __future__ import annotations
@@ -58,10 +59,30 @@ def _method_curves(ax, sub: pd.DataFrame, column: str) -> None:
         )
 
 
+def _paper_curve(ax, prune_ratio: pd.Series, value: pd.Series, method: str) -> None:
+    """The published values of one method: open markers on a dotted line, in its colour."""
+    ax.plot(
+        100 * prune_ratio,
+        value,
+        ls=":",
+        marker="o",
+        mfc="none",
+        ms=5,
+        color=METHOD_COLORS.get(method),
+        label=f"paper ({method})",
+    )
+
+
 def plot_nll_vs_prune_ratio(
-    summary_path: str | Path, png: str | Path, pdf: str | Path | None = None
+    summary_path: str | Path,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    published_dir: str | Path | None = None,
 ):
-    """Test NLL vs prune ratio per experiment, mean ± std over seeds."""
+    """Test NLL vs prune ratio per experiment, mean ± std over seeds; with ``published_dir``
+    the paper's values for the same dataset (:func:`published_nll_curve`) as open markers."""
+    from pipeline_lib.reporting.published import published_nll_curve
+
     style()
     df = pd.read_parquet(summary_path)
     experiments = sorted(df["experiment"].unique())
@@ -73,6 +94,10 @@ def plot_nll_vs_prune_ratio(
         dense = sub[sub["round"] == 0]["test_nll"].mean()
         _method_curves(ax, sub, "test_nll")
         ax.axhline(dense, color="0.3", ls="--", lw=1, label="dense")
+        if published_dir is not None:
+            paper = published_nll_curve(published_dir, sub["dataset"].iloc[0])
+            for method, p in paper.groupby("method"):
+                _paper_curve(ax, p["prune_ratio"], p["nll"], method)
         seeds = sub["seed"].nunique()
         ax.set_title(f"{exp} ({sub['dataset'].iloc[0]}, {seeds} seed{'s' if seeds > 1 else ''})")
         ax.set_xlabel("prune ratio (%)")
@@ -215,6 +240,9 @@ METRIC_LABELS = {
     "lambda_max": r"$\lambda_{max}$ of the NLL Hessian",
     "hessian_trace": "trace of the NLL Hessian",
     "kappa": r"condition number $\kappa$",
+    "lambda_max_rel": r"$\lambda_{max}$ / unpruned",
+    "hessian_trace_rel": "trace / unpruned",
+    "kappa_rel": r"$\kappa$ / unpruned",
     "good_pct_2": "good samples, n=2 (%)",
     "good_pct_3": "good samples, n=3 (%)",
 }
@@ -226,11 +254,18 @@ def plot_metrics_vs_prune_ratio(
     png: str | Path,
     pdf: str | Path | None = None,
     log_scale=("kappa",),
+    published_dir: str | Path | None = None,
 ):
     """Evaluation metrics against prune ratio (Table 5 / Table 4 as curves), mean ± std over
-    seeds, one column per metric and one row per experiment that has it."""
+    seeds, one column per metric and one row per experiment that has it. ``<metric>_rel`` is
+    normalized to the unpruned flow (:func:`with_relative_metrics`); with ``published_dir`` the
+    paper's values for the same dataset (Tables 4 and 5, structured pruning) are drawn as open
+    markers."""
+    from pipeline_lib.reporting.published import published_metric_curve
+    from pipeline_lib.reporting.summary import with_relative_metrics
+
     style()
-    df = pd.read_parquet(summary_path)
+    df = with_relative_metrics(pd.read_parquet(summary_path))
     metrics = [m for m in metrics if m in df and df[m].notna().any()]
     experiments = (
         sorted(df[df[metrics].notna().any(axis=1)]["experiment"].unique()) if metrics else []
@@ -251,6 +286,10 @@ def plot_metrics_vs_prune_ratio(
         sub = df[df["experiment"] == exp]
         for ax, metric in zip(ax_row, metrics, strict=True):
             _method_curves(ax, sub, metric)
+            if published_dir is not None:
+                paper = published_metric_curve(published_dir, sub["dataset"].iloc[0], metric)
+                if len(paper):
+                    _paper_curve(ax, paper["prune_ratio"], paper["value"], "structured")
             if metric in log_scale:
                 ax.set_yscale("log")
             ax.set_title(exp, fontsize=9)

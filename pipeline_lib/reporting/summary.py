@@ -17,7 +17,13 @@ import pandas as pd
 
 from pipeline_lib.stages import read_json
 
-__all__ = ["SUMMARY_COLUMNS", "aggregate_experiment", "concat_summaries", "write_parquet"]
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "aggregate_experiment",
+    "concat_summaries",
+    "with_relative_metrics",
+    "write_parquet",
+]
 
 SUMMARY_COLUMNS = [
     "experiment",
@@ -108,4 +114,18 @@ def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFra
     """Stack the per-experiment summaries into ``results/summary.parquet``."""
     df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     write_parquet(df, out)
+    return df
+
+
+def with_relative_metrics(df: pd.DataFrame, metrics=("lambda_max", "hessian_trace", "kappa")):
+    """Add ``<metric>_rel``: the metric divided by the unpruned flow's (round 0) of the same
+    experiment, seed and method — Table 5's normalization."""
+    df = df.copy()
+    keys = ["experiment", "seed", "method"]
+    for m in metrics:
+        if m not in df:
+            continue
+        dense = df[df["round"] == 0].set_index(keys)[m]
+        ref = df.set_index(keys).index.map(lambda k, dense=dense: dense.get(k, float("nan")))
+        df[f"{m}_rel"] = df[m].to_numpy() / ref.to_numpy(dtype=float)
     return df

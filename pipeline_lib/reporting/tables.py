@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.reporting.published import published_sparse_flow
+from pipeline_lib.reporting.published import published_nll_curve
+from pipeline_lib.reporting.summary import with_relative_metrics
 
 __all__ = [
     "good_samples_table",
@@ -28,6 +29,10 @@ __all__ = [
 
 #: A published row matches ours when the prune ratios differ by less than this.
 PRUNE_RATIO_MATCH = 0.015
+
+#: Tables 4, 5 and S11–S12 report structured pruning only: their values stand beside our
+#: structured rows, not the unstructured ones.
+PUBLISHED_TOY_METHOD = "structured"
 
 
 def mean_std(values: pd.Series, digits: int = 3) -> str:
@@ -47,10 +52,12 @@ def nll_table(
     df = summary[summary["dataset"] == dataset]
     if df.empty:
         raise ValueError(f"no results for dataset {dataset!r} in the summary")
-    published = published_sparse_flow(published_dir, dataset) if published_dir else None
+    published = published_nll_curve(published_dir, dataset) if published_dir else None
     rows = []
     for (experiment, rnd), g in df.groupby(["experiment", "round"], sort=True):
-        row = {"experiment": experiment, "round": int(rnd)}
+        # One prune ratio per row, as in Tables S4–S10 (the methods' achieved ratios differ by
+        # a fraction of a percent: structured pruning removes whole neurons).
+        row = {"experiment": experiment, "round": int(rnd), "prune_ratio": g["prune_ratio"].mean()}
         for method in ("unstructured", "structured"):
             m = g[g["method"] == method]
             row[f"prune_ratio_{method}"] = m["prune_ratio"].mean() if len(m) else math.nan
@@ -60,19 +67,13 @@ def nll_table(
             row[f"seeds_{method}"] = int(m["seed"].nunique())
         rows.append(row)
     out = pd.DataFrame(rows)
-    if published is not None:
-        for method in ("unstructured", "structured"):
-            ours = out[f"prune_ratio_{method}"]
-            pub = []
-            for pr in ours:
-                if np.isnan(pr) or published.empty:
-                    pub.append(math.nan)
-                    continue
-                i = (published["prune_ratio"] - pr).abs().idxmin()
-                close = abs(published.loc[i, "prune_ratio"] - pr) < PRUNE_RATIO_MATCH
-                pub.append(published.loc[i, method] if close else math.nan)
-            out[f"paper_{method}"] = pub
-            out[f"diff_{method}"] = out[f"nll_{method}_mean"] - out[f"paper_{method}"]
+    for method in ("unstructured", "structured"):
+        paper = None if published is None else published[published["method"] == method]
+        paper = None if paper is None else paper.reset_index(drop=True)
+        out[f"paper_{method}"] = [
+            _nearest_published(paper, pr, "nll") for pr in out[f"prune_ratio_{method}"]
+        ]
+        out[f"diff_{method}"] = out[f"nll_{method}_mean"] - out[f"paper_{method}"]
     return out
 
 
@@ -81,7 +82,7 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     cols = {
         "experiment": "experiment",
         "round": "round",
-        "prune_ratio_unstructured": "prune ratio",
+        "prune_ratio": "prune ratio",
         "params_unstructured": "#params (unstr.)",
         "nll_unstructured": "NLL unstructured",
         "paper_unstructured": "paper (unstr.)",
@@ -90,18 +91,26 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         "nll_structured": "NLL structured",
         "paper_structured": "paper (str.)",
         "diff_structured": "Δ (str.)",
-        "seeds_unstructured": "seeds",
+        "seeds_unstructured": "seeds (unstr.)",
+        "seeds_structured": "seeds (str.)",
     }
-    shown = table[[c for c in cols if c in table.columns]].rename(columns=cols).copy()
+    # A method without results (a run of one method) gets no columns.
+    absent = [
+        m
+        for m in ("unstructured", "structured")
+        if table.get(f"seeds_{m}", pd.Series([0])).max() == 0
+    ]
+    keep = [c for c in cols if c in table.columns and not any(c.endswith(f"_{m}") for m in absent)]
+    shown = table[keep].rename(columns=cols).copy()
     if "prune ratio" in shown:
         shown["prune ratio"] = shown["prune ratio"].map(lambda v: f"{100 * v:.0f}%")
     for c in shown.columns:
         if c.startswith("#params"):
             fmt = "{:,.0f}"
         elif c.startswith("Δ"):
-            fmt = "{:+.2f}"
+            fmt = "{:+.3f}"
         elif c.startswith("paper"):
-            fmt = "{:.2f}"
+            fmt = "{:g}"  # as published
         else:
             continue
         shown[c] = shown[c].map(lambda v, fmt=fmt: "—" if pd.isna(v) else fmt.format(v))
@@ -131,7 +140,7 @@ def write_nll_table(
         _display(table),
         f"{dataset}: test NLL (nats) per prune ratio",
         "Mean ± std over seeds. `paper`: the published Sparse Flow value at the same prune ratio "
-        "(Tables S4–S10), `Δ` = ours − paper.",
+        "(Tables S4–S10; for toy data the structured NLL of Tables S11–S12), `Δ` = ours − paper.",
         md,
         csv,
         tex,
@@ -174,7 +183,9 @@ def good_samples_table(summary: pd.DataFrame, published_dir: str | Path | None) 
         papers = []
         for row in out.itertuples():
             sel = (
-                None if pub is None else pub[(pub["dataset"] == row.dataset) & (pub["n_std"] == n)]
+                None
+                if pub is None or row.method != PUBLISHED_TOY_METHOD
+                else pub[(pub["dataset"] == row.dataset) & (pub["n_std"] == n)]
             )
             papers.append(_nearest_published(sel, row.prune_ratio, "good_samples_pct"))
         out[f"paper_{c}"] = papers
@@ -186,24 +197,24 @@ def hessian_table(summary: pd.DataFrame, published_dir: str | Path | None) -> pd
     unpruned flow, beside the published raw values (structured pruning)."""
     cols = ["test_nll", "lambda_max", "hessian_trace", "kappa"]
     df = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary.iloc[0:0]
-    out = _per_round(df, cols)
-    for c in ("lambda_max", "hessian_trace", "kappa"):
-        dense = out[out["round"] == 0].set_index(["experiment", "method"])[f"{c}_mean"]
-        out[f"{c}_rel"] = [
-            row[f"{c}_mean"] / dense.get((row["experiment"], row["method"]), math.nan)
-            for _, row in out.iterrows()
-        ]
+    rel = [f"{c}_rel" for c in cols[1:]]
+    out = _per_round(with_relative_metrics(df, cols[1:]), cols + rel)
+    for c in rel:
+        out[c] = out[f"{c}_mean"]
     pub = None
     if published_dir and (Path(published_dir) / "hessian_raw.csv").exists():
         pub = pd.read_csv(Path(published_dir) / "hessian_raw.csv", comment="#")
     for ours, theirs in (
+        ("test_nll", "nll"),
         ("lambda_max", "lambda_max"),
         ("hessian_trace", "trace"),
         ("kappa", "kappa"),
     ):
         out[f"paper_{ours}"] = [
             _nearest_published(
-                None if pub is None else pub[pub["dataset"] == row.dataset].reset_index(drop=True),
+                None
+                if pub is None or row.method != PUBLISHED_TOY_METHOD
+                else pub[pub["dataset"] == row.dataset].reset_index(drop=True),
                 row.prune_ratio,
                 theirs,
             )
@@ -238,7 +249,8 @@ def write_good_samples_table(summary_path, published_dir, md, csv, tex) -> pd.Da
         shown,
         "Good-quality samples per prune ratio (Table 4)",
         "% of 20,000 samples within n standard deviations (Mahalanobis) of their nearest mode, "
-        "mean ± std over seeds. `paper`: Table 4 (structured pruning) at the same prune ratio.",
+        "mean ± std over seeds. `paper`: Table 4 (structured pruning) at the same prune ratio, "
+        "beside our structured rows.",
         md,
         csv,
         tex,
@@ -252,6 +264,7 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
     shown = table[["experiment", "method", "round", "seeds"]].copy()
     shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
     shown["NLL"] = _pm(table["test_nll_mean"], table["test_nll_std"], "{:.3f}")
+    shown["paper NLL"] = table["paper_test_nll"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}")
     for c, label in (("lambda_max", "λ_max"), ("hessian_trace", "trace"), ("kappa", "κ")):
         shown[label] = _pm(table[f"{c}_mean"], table[f"{c}_std"], "{:.4g}")
         shown[f"{label} rel."] = table[f"{c}_rel"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}")
@@ -264,8 +277,8 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "Hessian eigen-analysis per prune ratio (Table 5, S11–S12)",
         "Hessian of the training NLL w.r.t. the unpruned parameters: λ_max (power iteration), "
         "trace (Hutchinson), κ = λ_max / smallest positive Ritz value (Lanczos); `rel.` = "
-        "normalized to the unpruned flow (Table 5). `paper`: Tables S11–S12 (structured pruning) "
-        "at the same prune ratio.",
+        "normalized to the unpruned flow of the same seed, then averaged over seeds (Table 5). `paper`: Tables S11–S12 (structured pruning) "
+        "at the same prune ratio, beside our structured rows.",
         md,
         csv,
         tex,

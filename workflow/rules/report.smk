@@ -74,6 +74,8 @@ rule figures:
         f"{RESULTS}/logs/figures/nll_vs_prune_ratio.log",
     conda:
         ENV
+    params:
+        published=config["report"]["published_dir"],
     script:
         "../scripts/figures.py"
 
@@ -161,5 +163,7 @@ rule metric_figures:
         metric="hessian|good_samples",
     conda:
         ENV
+    params:
+        published=config["report"]["published_dir"],
     script:
         "../scripts/metric_figures.py"

@@ -6,4 +6,6 @@ from pipeline_lib.reporting.figures import plot_nll_vs_prune_ratio
 
 smk = snakemake  # noqa: F821
 setup_logging(smk)
-plot_nll_vs_prune_ratio(smk.input.summary, smk.output.png, smk.output.pdf)
+plot_nll_vs_prune_ratio(
+    smk.input.summary, smk.output.png, smk.output.pdf, published_dir=smk.params.published
+)

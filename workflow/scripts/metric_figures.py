@@ -5,12 +5,16 @@ from _runtime import setup_logging
 from pipeline_lib.reporting.figures import plot_metrics_vs_prune_ratio
 
 METRICS = {
-    "hessian": ["lambda_max", "hessian_trace", "kappa"],
+    "hessian": ["lambda_max", "lambda_max_rel", "hessian_trace_rel", "kappa"],
     "good_samples": ["good_pct_2", "good_pct_3"],
 }
 
 smk = snakemake  # noqa: F821
 setup_logging(smk)
 plot_metrics_vs_prune_ratio(
-    smk.input.summary, METRICS[smk.wildcards.metric], smk.output.png, smk.output.pdf
+    smk.input.summary,
+    METRICS[smk.wildcards.metric],
+    smk.output.png,
+    smk.output.pdf,
+    published_dir=smk.params.published,
 )
