@@ -189,9 +189,11 @@ def test_published_nll_curve_reads_the_papers_tables():
 
 
 def test_published_metric_curve_reads_tables_4_and_5():
-    g2 = published_metric_curve(PUBLISHED, "gaussians", "good_pct_2")
+    g2, method = published_metric_curve(PUBLISHED, "gaussians", "good_pct_2")
     assert g2.set_index("prune_ratio")["value"][0.52] == pytest.approx(84.30)
-    lam = published_metric_curve(PUBLISHED, "gaussians", "lambda_max_rel")
+    assert method == "structured"  # Table 4's caption
+    lam, method = published_metric_curve(PUBLISHED, "gaussians", "lambda_max_rel")
+    assert method is None  # Table 5 names no pruning method
     assert lam.set_index("prune_ratio")["value"].to_dict() == {
         0.0: 1.0,
         0.2: 0.976,
@@ -199,5 +201,5 @@ def test_published_metric_curve_reads_tables_4_and_5():
         0.7: 0.295,
         0.9: 0.416,
     }
-    assert published_metric_curve(PUBLISHED, "gaussians", "lambda_max").empty  # raw: not Table 5
-    assert published_metric_curve(PUBLISHED, "power", "good_pct_2").empty
+    assert published_metric_curve(PUBLISHED, "gaussians", "lambda_max")[0].empty  # raw
+    assert published_metric_curve(PUBLISHED, "power", "good_pct_2")[0].empty

@@ -59,8 +59,9 @@ def _method_curves(ax, sub: pd.DataFrame, column: str) -> None:
         )
 
 
-def _paper_curve(ax, prune_ratio: pd.Series, value: pd.Series, method: str) -> None:
-    """The published values of one method: open markers on a dotted line, in its colour."""
+def _paper_curve(ax, prune_ratio: pd.Series, value: pd.Series, method: str | None) -> None:
+    """Published values: open markers on a dotted line, in the method's colour (dark grey
+    where the paper does not name the method)."""
     ax.plot(
         100 * prune_ratio,
         value,
@@ -68,8 +69,8 @@ def _paper_curve(ax, prune_ratio: pd.Series, value: pd.Series, method: str) -> N
         marker="o",
         mfc="none",
         ms=5,
-        color=METHOD_COLORS.get(method),
-        label=f"paper ({method})",
+        color=METHOD_COLORS.get(method, "0.25"),
+        label=f"paper ({method})" if method else "paper",
     )
 
 
@@ -259,8 +260,7 @@ def plot_metrics_vs_prune_ratio(
     """Evaluation metrics against prune ratio (Table 5 / Table 4 as curves), mean ± std over
     seeds, one column per metric and one row per experiment that has it. ``<metric>_rel`` is
     normalized to the unpruned flow (:func:`with_relative_metrics`); with ``published_dir`` the
-    paper's values for the same dataset (Tables 4 and 5, structured pruning) are drawn as open
-    markers."""
+    paper's values for the same dataset (Tables 4 and 5) are drawn as open markers."""
     from pipeline_lib.reporting.published import published_metric_curve
     from pipeline_lib.reporting.summary import with_relative_metrics
 
@@ -287,9 +287,11 @@ def plot_metrics_vs_prune_ratio(
         for ax, metric in zip(ax_row, metrics, strict=True):
             _method_curves(ax, sub, metric)
             if published_dir is not None:
-                paper = published_metric_curve(published_dir, sub["dataset"].iloc[0], metric)
+                paper, method = published_metric_curve(
+                    published_dir, sub["dataset"].iloc[0], metric
+                )
                 if len(paper):
-                    _paper_curve(ax, paper["prune_ratio"], paper["value"], "structured")
+                    _paper_curve(ax, paper["prune_ratio"], paper["value"], method)
             if metric in log_scale:
                 ax.set_yscale("log")
             ax.set_title(exp, fontsize=9)

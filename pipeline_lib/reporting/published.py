@@ -59,34 +59,37 @@ def published_nll_curve(published_dir: str | Path, dataset: str) -> pd.DataFrame
     return pd.DataFrame(columns=["method", "prune_ratio", "nll"])
 
 
-#: Our metric -> (file, row filter, column) of the paper's toy tables (structured pruning):
-#: Table 4 (good samples) and Table 5 (Hessian metrics normalized to the unpruned flow).
+#: Our metric -> (file, row filter, column, method) of the paper's toy tables: Table 4 (good
+#: samples, structured pruning) and Table 5 (Hessian metrics normalized to the unpruned flow;
+#: its caption names no pruning method).
 _TOY_METRICS = {
-    "good_pct_2": ("good_samples.csv", {"n_std": 2}, "good_samples_pct"),
-    "good_pct_3": ("good_samples.csv", {"n_std": 3}, "good_samples_pct"),
-    "good_pct_5": ("good_samples.csv", {"n_std": 5}, "good_samples_pct"),
-    "lambda_max_rel": ("hessian_normalized.csv", {}, "lambda_max_rel"),
-    "hessian_trace_rel": ("hessian_normalized.csv", {}, "trace_rel"),
-    "kappa_rel": ("hessian_normalized.csv", {}, "kappa_rel"),
+    "good_pct_2": ("good_samples.csv", {"n_std": 2}, "good_samples_pct", "structured"),
+    "good_pct_3": ("good_samples.csv", {"n_std": 3}, "good_samples_pct", "structured"),
+    "good_pct_5": ("good_samples.csv", {"n_std": 5}, "good_samples_pct", "structured"),
+    "lambda_max_rel": ("hessian_normalized.csv", {}, "lambda_max_rel", None),
+    "hessian_trace_rel": ("hessian_normalized.csv", {}, "trace_rel", None),
+    "kappa_rel": ("hessian_normalized.csv", {}, "kappa_rel", None),
 }
 
 
-def published_metric_curve(published_dir: str | Path, dataset: str, metric: str) -> pd.DataFrame:
+def published_metric_curve(
+    published_dir: str | Path, dataset: str, metric: str
+) -> tuple[pd.DataFrame, str | None]:
     """The paper's values of one evaluation metric against the prune ratio (columns
-    ``prune_ratio``, ``value``; structured pruning): Table 4 for ``good_pct_<n>``, Table 5 for
-    the normalized Hessian metrics ``<metric>_rel``. Empty where the paper has none."""
+    ``prune_ratio``, ``value``) and the pruning method they were measured with (None where
+    the paper does not say): Table 4 for ``good_pct_<n>``, Table 5 for the normalized Hessian
+    metrics ``<metric>_rel``. Empty where the paper has none."""
     empty = pd.DataFrame(columns=["prune_ratio", "value"])
     if metric not in _TOY_METRICS:
-        return empty
-    name, where, column = _TOY_METRICS[metric]
+        return empty, None
+    name, where, column, method = _TOY_METRICS[metric]
     path = Path(published_dir) / name
     if not path.exists():
-        return empty
+        return empty, method
     df = pd.read_csv(path, comment="#")
     keep = df["dataset"] == dataset
     for key, value in where.items():
         keep &= df[key] == value
     df = df[keep]
-    return pd.DataFrame({"prune_ratio": df["prune_ratio"], "value": df[column]}).reset_index(
-        drop=True
-    )
+    curve = pd.DataFrame({"prune_ratio": df["prune_ratio"], "value": df[column]})
+    return curve.reset_index(drop=True), method
