@@ -30,7 +30,7 @@ __all__ = [
 #: A published row matches ours when the prune ratios differ by less than this.
 PRUNE_RATIO_MATCH = 0.015
 
-#: Tables 4, 5 and S11–S12 report structured pruning only: their values stand beside our
+#: Tables 4 and S11–S12 report structured pruning only: their values stand beside our
 #: structured rows, not the unstructured ones.
 PUBLISHED_TOY_METHOD = "structured"
 
