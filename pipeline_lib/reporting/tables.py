@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.reporting.published import published_nll_curve
+from pipeline_lib.reporting.published import published_metric_curve, published_nll_curve
 from pipeline_lib.reporting.summary import with_relative_metrics
 
 __all__ = [
@@ -175,19 +175,18 @@ def good_samples_table(summary: pd.DataFrame, published_dir: str | Path | None) 
     cols = sorted(c for c in summary.columns if c.startswith("good_pct_"))
     df = summary.dropna(subset=cols, how="all") if cols else summary.iloc[0:0]
     out = _per_round(df, cols)
-    pub = None
-    if published_dir and (Path(published_dir) / "good_samples.csv").exists():
-        pub = pd.read_csv(Path(published_dir) / "good_samples.csv", comment="#")
     for c in cols:
-        n = float(c.removeprefix("good_pct_"))
+        curves = {}  # one read of Table 4 per dataset and n
         papers = []
         for row in out.itertuples():
-            sel = (
-                None
-                if pub is None or row.method != PUBLISHED_TOY_METHOD
-                else pub[(pub["dataset"] == row.dataset) & (pub["n_std"] == n)]
+            if published_dir and row.dataset not in curves:
+                curves[row.dataset] = published_metric_curve(published_dir, row.dataset, c)
+            curve, method = curves.get(row.dataset, (None, None))
+            papers.append(
+                _nearest_published(curve, row.prune_ratio, "value")
+                if row.method == method
+                else math.nan
             )
-            papers.append(_nearest_published(sel, row.prune_ratio, "good_samples_pct"))
         out[f"paper_{c}"] = papers
     return out
 
