@@ -24,7 +24,10 @@ from pipeline_lib.sparse_flow import PruneConfig
 from pipeline_lib.training import TrainConfig
 
 __all__ = [
+    "check_device",
     "check_experiment",
+    "check_results_dir",
+    "check_yaml_keys",
     "config_hash",
     "data_id",
     "describe_validation_error",
@@ -37,9 +40,13 @@ __all__ = [
 ]
 
 #: Settings that cannot change a trained model: what the evaluation of a checkpoint measures
-#: (samples, Hessian) and how often training logs and validates (the last epoch is always
-#: validated, so the round's validation NLL does not depend on it).
-NOT_TRAINING = {"evaluation": ("samples", "hessian"), "train": ("log_every", "val_every")}
+#: (samples, Hessian), how often training logs and validates (the last epoch is always
+#: validated, so the round's validation NLL does not depend on it) and how a diverged round is
+#: reported (the summary recomputes the flag with the current threshold).
+NOT_TRAINING = {
+    "evaluation": ("samples", "hessian"),
+    "train": ("log_every", "val_every", "divergence_nats", "on_divergence"),
+}
 
 
 def _slug(value: Any) -> str:
@@ -50,13 +57,28 @@ def _slug(value: Any) -> str:
 def expand_experiments(experiments: dict[str, dict]) -> dict[str, dict]:
     """Expand each experiment's ``sweep`` ({"section.key": [values]}) into one experiment per
     combination, named ``<name>__<key>-<value>[__...]``; experiments without a sweep pass through.
+
+    Raises:
+        ValueError: a generated name collides with another experiment's (one of them would be
+            lost), naming both.
     """
     out: dict[str, dict] = {}
+    origin: dict[str, str] = {}
+
+    def add(new: str, exp: dict, source: str) -> None:
+        if new in out:
+            raise ValueError(
+                f"invalid configuration: experiment name {new!r} is defined twice "
+                f"({origin[new]} and {source}); rename one of them (or change the sweep values "
+                "so that their names differ)"
+            )
+        out[new], origin[new] = exp, source
+
     for name, exp in experiments.items():
         sweep = exp.get("sweep") or {}
         base = {k: v for k, v in exp.items() if k != "sweep"}
         if not sweep:
-            out[name] = copy.deepcopy(base)
+            add(name, copy.deepcopy(base), f"experiments.{name}")
             continue
         keys = list(sweep)
         for combo in itertools.product(*(sweep[k] for k in keys)):
@@ -69,7 +91,7 @@ def expand_experiments(experiments: dict[str, dict]) -> dict[str, dict]:
                     e[section] = {}
                 e[section][field] = copy.deepcopy(value)
                 parts.append(f"{field}-{_slug(value)}")
-            out[f"{name}__{'__'.join(parts)}"] = e
+            add(f"{name}__{'__'.join(parts)}", e, f"the sweep of experiments.{name}")
     return out
 
 
@@ -149,13 +171,99 @@ def describe_validation_error(err: BaseException) -> str:
     return f"invalid configuration at '{key}': {message}; {fix}"
 
 
+def _qualify(message: str, sections: dict[str, str]) -> str:
+    """Spell the keys a library message names (``solver.step_size``) as full key paths."""
+    for short, full in sections.items():
+        message = re.sub(rf"(?<![\w.]){short}\.", f"{full}.", message)
+    return message
+
+
 def check_experiment(name: str, exp: dict) -> None:
     """Build every typed configuration of an experiment so that inconsistent settings (e.g. a
-    fixed-grid solver without a step size) fail at start-up, naming the experiment."""
-    try:
-        flow_config(exp, dim=2)
-        train_config(exp, seed=0)
-        for method in (exp.get("prune") or {}).get("methods", ["unstructured"]):
-            prune_config(exp, method).keep_ratios()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"invalid configuration of experiments.{name}: {err}") from None
+    fixed-grid solver without a step size) fail at start-up; the message names the full key
+    path (``experiments.<name>.evaluation.solver.step_size``)."""
+    where = f"experiments.{name}"
+    ev_solver = (exp.get("evaluation") or {}).get("solver")
+    checks = [
+        (f"{where}.solver", lambda: SolverConfig(**(exp.get("solver") or {}))),
+        (f"{where}.evaluation.solver", lambda: ev_solver and SolverConfig(**ev_solver)),
+        (f"{where}.model", lambda: flow_config(exp, dim=2)),
+        (f"{where}.train", lambda: train_config(exp, seed=0)),
+    ]
+    for method in (exp.get("prune") or {}).get("methods", ["unstructured"]):
+        checks.append((f"{where}.prune", lambda m=method: prune_config(exp, m).keep_ratios()))
+    for key, build in checks:
+        try:
+            build()
+        except (TypeError, ValueError) as err:
+            section = key.rsplit(".", 1)[-1]
+            message = _qualify(str(err), {section: key})
+            raise ValueError(f"invalid configuration at '{key}': {message}") from None
+
+
+def check_results_dir(results: str) -> None:
+    """``results`` must name a directory other than the filesystem root: not empty, not
+    ``/``, not an existing file."""
+    from pathlib import Path
+
+    if not str(results).strip():
+        raise ValueError(
+            "invalid configuration at 'results': it is empty; set it to the directory for all "
+            "outputs, e.g. results: results"
+        )
+    path = Path(results).expanduser()
+    if path.resolve() == Path(path.resolve().anchor):
+        raise ValueError(
+            f"invalid configuration at 'results': {results!r} is the filesystem root; set it "
+            "to a directory of its own, e.g. results: results"
+        )
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"invalid configuration at 'results': {results!r} is an existing file, not a "
+            "directory; choose another path or move the file away"
+        )
+
+
+def check_device(spec: str) -> None:
+    """A ``cuda`` device must exist on this machine (the planning host and, again, every job);
+    ``auto`` and ``cpu`` always pass."""
+    if not spec.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= count:
+        raise ValueError(
+            f"invalid configuration at 'compute.device': {spec!r} but this machine has "
+            f"{count} CUDA device(s); set compute.device to 'auto' or 'cpu', or run on a GPU "
+            "machine"
+        )
+
+
+def check_yaml_keys(paths) -> None:
+    """Refuse YAML files that repeat a key in one mapping (a YAML loader keeps the last one
+    silently), naming the file, the key path and both lines."""
+    import yaml
+
+    def walk(node, where: str, path) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                full = f"{where}.{key}" if where else key
+                if key in seen and key != "<<":
+                    raise ValueError(
+                        f"invalid configuration at '{full}': the key appears twice in {path} "
+                        f"(lines {seen[key] + 1} and {key_node.start_mark.line + 1}) and YAML "
+                        "would keep only the last one; remove or rename one of them"
+                    )
+                seen[key] = key_node.start_mark.line
+                walk(value_node, full, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{where}[{i}]", path)
+
+    for path in paths:
+        with open(path) as handle:
+            walk(yaml.compose(handle, Loader=yaml.SafeLoader), "", path)

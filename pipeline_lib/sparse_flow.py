@@ -42,7 +42,7 @@ from pipeline_lib.pruning import (
     prune,
     prune_ratio,
 )
-from pipeline_lib.training import TrainConfig, train
+from pipeline_lib.training import TrainConfig, TrainingDivergedError, has_diverged, train
 
 __all__ = ["PruneConfig", "RoundResult", "run_sparse_flow", "sparse_flow_round"]
 
@@ -116,6 +116,8 @@ class RoundResult:
     test_nll_stderr: float
     nfe_forward: float
     train_seconds: float
+    val_nll_reference: float = math.nan
+    diverged: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,15 +134,21 @@ def sparse_flow_round(
     round_index: int,
     total_rounds: int,
     checkpoint: str | Path | None = None,
+    reference_nll: float | None = None,
+    key: dict | None = None,
 ) -> RoundResult:
     """One PRUNE + TRAIN step of Algorithm 1 (lines 5–6); round 0 (``method=None``) only trains.
 
-    The prune step is skipped when resuming from a partially trained round's checkpoint (the
-    mask is in the checkpoint). Returns the round's metrics; test NLL is NaN without ``test_x``.
+    Pruning is deterministic, so a round resumed from its checkpoint prunes again and then
+    takes weights and masks from the checkpoint (:func:`~pipeline_lib.training.train`, which
+    discards a checkpoint saved under other settings than ``key``). Divergence: the final
+    validation NLL is compared with ``reference_nll`` (the previous round's; when None, the
+    model's before training) by :func:`~pipeline_lib.training.has_diverged`; a diverged round is
+    flagged with a warning, or stops with :class:`TrainingDivergedError` under
+    ``on_divergence: fail``. Returns the round's metrics; test NLL is NaN without ``test_x``.
     """
     tag = f"round {round_index}/{total_rounds}"
-    resuming = checkpoint is not None and Path(checkpoint).exists()
-    if method is not None and not resuming:
+    if method is not None:
         prune(model, method, keep)
     total, nonzero = count_parameters(model)
     log.info(
@@ -152,8 +160,16 @@ def sparse_flow_round(
         nonzero,
         total,
     )
+    if reference_nll is None and train_cfg.divergence_nats is not None:
+        reference_nll = evaluate_nll(
+            model,
+            val_x.to(next(model.parameters()).device),
+            train_cfg.eval_batch_size,
+            solver=train_cfg.eval_solver,
+            trace=train_cfg.eval_trace,
+        ).nll
     t0 = time.perf_counter()
-    result = train(model, train_x, val_x, train_cfg, checkpoint=checkpoint, tag=tag)
+    result = train(model, train_x, val_x, train_cfg, checkpoint=checkpoint, tag=tag, key=key)
     seconds = result.seconds if result.seconds else time.perf_counter() - t0
     nfe = result.history[-1]["nfe_forward"] if result.history else math.nan
     test = (
@@ -167,6 +183,7 @@ def sparse_flow_round(
         if test_x is not None
         else None
     )
+    row_reference = math.nan if reference_nll is None else float(reference_nll)
     row = RoundResult(
         round=round_index,
         keep=keep,
@@ -179,7 +196,19 @@ def sparse_flow_round(
         test_nll_stderr=test.stderr if test else math.nan,
         nfe_forward=nfe,
         train_seconds=seconds,
+        val_nll_reference=row_reference,
+        diverged=has_diverged(result.val_nll, row_reference, train_cfg.divergence_nats),
     )
+    if row.diverged:
+        message = (
+            f"{tag} diverged: validation NLL {row.val_nll:.4g} nats ends more than "
+            f"{train_cfg.divergence_nats:g} nats above {row.val_nll_reference:.4g} "
+            f"({'the previous round' if method else 'before training'}); lower train.lr "
+            f"(now {train_cfg.lr:g}) or set train.grad_clip"
+        )
+        if train_cfg.on_divergence == "fail":
+            raise TrainingDivergedError(message + " (train.on_divergence: fail)")
+        log.warning("%s; the round is flagged 'diverged' in its record", message)
     log.info(
         "%s done | val NLL %.4f%s | %.1f s",
         tag,
@@ -234,6 +263,7 @@ def run_sparse_flow(
                 r,
                 total,
                 ckpt(r),
+                reference_nll=rows[-1].val_nll,
             )
         )
         if stopper is not None and stopper.update(rows[-1].val_nll):

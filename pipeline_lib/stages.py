@@ -17,11 +17,8 @@ Files of one run (the layout documented in ``results/README.md``):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,47 +27,66 @@ import torch
 
 from pipeline_lib.data import DataSplits
 from pipeline_lib.evaluation.nll import evaluate_nll
-from pipeline_lib.experiment import config_hash, flow_config, prune_config, train_config
+from pipeline_lib.experiment import (
+    config_hash,
+    flow_config,
+    prune_config,
+    train_config,
+    training_settings,
+)
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, build_flow
+from pipeline_lib.io import DIGEST_KEY, UnreadableFileError, read_json, write_json
 from pipeline_lib.pruning import EarlyStopping
 from pipeline_lib.sparse_flow import sparse_flow_round
 from pipeline_lib.training import load_checkpoint, save_checkpoint
 
 __all__ = [
     "evaluate_checkpoint",
-    "make_toy_data",
     "load_model",
-    "read_json",
+    "make_toy_data",
+    "metrics_fix",
+    "read_record",
+    "round_fix",
     "train_round",
-    "write_json",
 ]
 
 log = logging.getLogger("sparseflows.stages")
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, allow_nan=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def round_fix(path: str | Path) -> str:
+    """What to do when a file of a finished round does not check out."""
+    round_dir = Path(path).parent
+    return (
+        f"delete {round_dir} and rerun the same command; that round and every later round of "
+        "its chain will be trained again"
+    )
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
+def metrics_fix(path: str | Path) -> str:
+    """What to do when a metrics file does not check out."""
+    return "delete it and rerun the same command; the checkpoint will be evaluated again"
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> ContinuousFlow:
-    """Rebuild a flow from a round's ``model.pt`` (masks included)."""
-    state = load_checkpoint(checkpoint, map_location=device)
+def read_record(path: str | Path) -> dict:
+    """A round's ``round.json``, verified against its digest (a hand-edited or truncated
+    record raises :class:`~pipeline_lib.io.UnreadableFileError`)."""
+    return read_json(path, signed=True, fix=round_fix(path))
+
+
+def load_model(
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    expected_digest: str | None = None,
+) -> ContinuousFlow:
+    """Rebuild a flow from a round's ``model.pt`` (masks included), after verifying the digest
+    of its content and, if given, that it is the checkpoint a record names."""
+    state = load_checkpoint(checkpoint, map_location=device, fix=round_fix(checkpoint))
+    if expected_digest is not None and state[DIGEST_KEY] != expected_digest:
+        raise UnreadableFileError(
+            checkpoint,
+            "is not the checkpoint its round.json records (replaced after the round finished?)",
+            round_fix(checkpoint),
+        )
     flow = build_flow(FlowConfig.from_dict(state["flow_config"]))
     flow.load_state_dict(state["model"])
     return flow.to(device)
@@ -105,10 +121,11 @@ def train_round(
         "seed": seed,
         "round": round_index,
         "rounds_total": rounds_total,
-        "config_hash": config_hash(exp),
+        "config_hash": config_hash(training_settings(exp)),  # what the model was trained under
     }
-    prev = read_json(prev_record) if prev_record is not None else None
+    prev = read_record(prev_record) if prev_record is not None else None
     if prev is not None and (prev.get("stopped") or prev.get("skipped")):
+        load_model(prev_model, "cpu", prev["model_digest"])  # verified before it is copied
         stopped_at = prev["round"] if prev.get("stopped") else prev["stopped_at"]
         log.info(
             "round %d/%d skipped: pruning stopped early after round %d",
@@ -126,14 +143,14 @@ def train_round(
             "train_seconds": 0.0,
             "history": [],
         }
-        write_json(out_record, record)
+        write_json(out_record, record, signed=True)
         return record
 
     data = DataSplits.load(data_dir)
     device = torch.device(device)
     tcfg = train_config(exp, seed=seed, device=str(device))
     if prev_model is not None:
-        model = load_model(prev_model, device)
+        model = load_model(prev_model, device, prev["model_digest"])
     else:
         torch.manual_seed(seed)
         model = build_flow(flow_config(exp, data.dim)).to(device)
@@ -141,6 +158,15 @@ def train_round(
     if method is not None:
         keep = prune_config(exp, method).keep_ratios()[round_index - 1]
     state_path = out_model.parent / "train_state.pt"
+    # a saved training state resumes only under the same settings and the same starting model
+    key = {
+        "experiment": training_settings(exp),
+        "seed": seed,
+        "method": method or "dense",
+        "round": round_index,
+        "keep": keep,
+        "start_model": prev["model_digest"] if prev is not None else None,
+    }
     t0 = time.perf_counter()
     row = sparse_flow_round(
         model,
@@ -153,6 +179,8 @@ def train_round(
         round_index,
         rounds_total,
         checkpoint=state_path,
+        reference_nll=prev["val_nll"] if prev is not None else None,
+        key=key,
     )
     stopper_cfg = exp.get("prune") or {}
     stopper = (
@@ -165,7 +193,7 @@ def train_round(
     should_stop = stopper.update(row.val_nll)
     stopped = bool(method is not None and stopper_cfg.get("patience") and should_stop)
     history = load_checkpoint(state_path)["history"] if state_path.exists() else []
-    save_checkpoint(
+    model_digest = save_checkpoint(
         out_model,
         {
             "model": model.state_dict(),
@@ -183,6 +211,8 @@ def train_round(
         "params_total": row.params_total,
         "params_nonzero": row.params_nonzero,
         "val_nll": row.val_nll,
+        "val_nll_reference": row.val_nll_reference,
+        "diverged": row.diverged,
         "nfe_forward": row.nfe_forward,
         "train_seconds": row.train_seconds,
         "wall_seconds": time.perf_counter() - t0,
@@ -191,8 +221,9 @@ def train_round(
         "stopped": stopped,
         "early_stopping": stopper.to_dict(),
         "history": history,
+        "model_digest": model_digest,
     }
-    write_json(out_record, record)
+    write_json(out_record, record, signed=True)
     state_path.unlink(missing_ok=True)
     if stopped:
         log.info(
@@ -321,21 +352,23 @@ def evaluate_checkpoint(
     """
     import numpy as np
 
-    record = read_json(record_path)
+    from pipeline_lib.io import atomic_write
+
+    record = read_record(record_path)
     if record.get("skipped"):
         results = {k: {"skipped": True} for k in ("nll", "samples", "hessian")}
         snapshot = None
     else:
         data = DataSplits.load(data_dir)
-        model = load_model(model_path, device)
+        model = load_model(model_path, device, record["model_digest"])
         results = {
             "nll": _test_nll(exp, model, data, device, seed),
             "hessian": _hessian(exp, model, data, device, seed),
         }
         results["samples"], snapshot = _samples(exp, model, data, device, seed)
-    tmp = Path(out["snapshot"]).with_name(".snapshot.tmp.npz")
-    np.savez_compressed(tmp, **(snapshot or {"available": np.array(False)}))
-    os.replace(tmp, out["snapshot"])
+    arrays = snapshot or {"available": np.array(False)}
+    atomic_write(out["snapshot"], lambda fh: np.savez_compressed(fh, **arrays))
     for key, payload in results.items():
-        write_json(out[key], payload)
+        # each metrics file names the checkpoint it measured
+        write_json(out[key], {**payload, "model_digest": record["model_digest"]}, signed=True)
     return results

@@ -20,17 +20,18 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from pipeline_lib import io
 from pipeline_lib.cuda_graphs import GraphedTrainingStep
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.flows import ContinuousFlow, SolverConfig, SolverError
@@ -40,11 +41,13 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
+    "has_diverged",
     "load_checkpoint",
     "make_optimizer",
     "resolve_device",
     "save_checkpoint",
     "train",
+    "training_key",
     "training_loss",
 ]
 
@@ -76,6 +79,11 @@ class TrainConfig:
             validation NLL is always the final model's).
         cuda_graphs: on a GPU, replay full batches of a fixed-grid (rk4) solve from a CUDA
             graph (:mod:`pipeline_lib.cuda_graphs`); other solvers and devices train eagerly.
+        divergence_nats: a round whose final validation NLL ends more than this many nats above
+            its reference (the previous round's, or the model's before training) is flagged as
+            diverged (:func:`has_diverged`); None switches the check off.
+        on_divergence: ``warn`` (log a warning and flag the record) or ``fail`` (stop with an
+            error).
     """
 
     optimizer: str = "adam"
@@ -98,18 +106,28 @@ class TrainConfig:
     log_every: int = 0
     val_every: int = 1
     cuda_graphs: bool = True
+    divergence_nats: float | None = 2.0
+    on_divergence: str = "warn"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"train.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.epochs < 0:
-            raise ValueError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.val_every < 1:
             raise ValueError(f"train.val_every must be >= 1, got {self.val_every}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.on_divergence not in ("warn", "fail"):
+            raise ValueError(
+                f"train.on_divergence must be 'warn' or 'fail', got {self.on_divergence!r}"
+            )
+        if self.divergence_nats is not None and not self.divergence_nats > 0:
+            raise ValueError(
+                f"train.divergence_nats must be positive or null, got {self.divergence_nats}"
+            )
         if isinstance(self.eval_solver, dict):
             self.eval_solver = SolverConfig(**self.eval_solver)
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
@@ -139,6 +157,17 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
+def has_diverged(val_nll: float, reference_nll: float, threshold_nats: float | None) -> bool:
+    """Whether a round diverged: its final validation NLL is not finite, or ends more than
+    ``threshold_nats`` above ``reference_nll`` (the previous round's validation NLL, or the
+    model's before training). ``threshold_nats=None`` never flags."""
+    if threshold_nats is None:
+        return False
+    if not math.isfinite(val_nll):
+        return True
+    return math.isfinite(reference_nll) and val_nll > reference_nll + threshold_nats
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` → the first visible CUDA device if any, else CPU."""
     if spec == "auto":
@@ -161,8 +190,9 @@ def _all_finite(model: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def save_checkpoint(path: str | Path, state: dict, model: torch.nn.Module | None = None) -> None:
-    """Write ``state`` atomically (temporary file, then rename).
+def save_checkpoint(path: str | Path, state: dict, model: torch.nn.Module | None = None) -> str:
+    """Write ``state`` atomically with the digest of its content (:mod:`pipeline_lib.io`), and
+    return the digest.
 
     Refuses to write when ``model`` has non-finite weights, so a good checkpoint is never
     replaced by a diverged one.
@@ -170,20 +200,83 @@ def save_checkpoint(path: str | Path, state: dict, model: torch.nn.Module | None
     path = Path(path)
     if model is not None and not _all_finite(model):
         raise TrainingDivergedError(f"refusing to write {path}: the model has non-finite weights")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    return io.save_checkpoint(path, state)
+
+
+load_checkpoint = io.load_checkpoint
+
+
+#: Settings of :class:`TrainConfig` that do not change the trained model (how often to log and
+#: validate, where to run), and ``epochs``: a state saved at epoch k of a shorter run is where a
+#: longer run with the same schedule stands at epoch k (a state beyond ``epochs`` is discarded).
+#: A training state saved under other values of these is resumed.
+NOT_SHAPING = (
+    "epochs",
+    "log_every",
+    "val_every",
+    "device",
+    "cuda_graphs",
+    "divergence_nats",
+    "on_divergence",
+)
+
+
+def training_key(cfg: TrainConfig, extra: dict | None = None) -> dict:
+    """What a saved training state must match to be resumed: the settings of ``cfg`` that shape
+    the model, plus ``extra`` (the caller's, e.g. the experiment's settings and the digest of the
+    model the round started from)."""
+    key = {k: v for k, v in cfg.to_dict().items() if k not in NOT_SHAPING}
+    return json.loads(json.dumps({"train": key, **(extra or {})}, sort_keys=True, default=str))
+
+
+def key_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The first setting in which two training keys differ, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in old or k not in new:
+                return f"{sub}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+            found = key_difference(old[k], new[k], sub)
+            if found:
+                return found
+        return None
+    return None if old == new else f"{path or '<key>'}: {old!r} -> {new!r}"
+
+
+def _resumable_state(
+    checkpoint: Path, key: dict, cfg: TrainConfig, device, prefix: str
+) -> dict | None:
+    """The saved training state if it can be resumed; a stale (other settings) or unreadable
+    one is discarded with a log line saying why, and the round starts over."""
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+        state = load_checkpoint(checkpoint, map_location=device)
+    except io.UnreadableFileError as err:
+        log.warning("%sdiscarding the training state: %s; starting the round over", prefix, err)
+        checkpoint.unlink(missing_ok=True)
+        return None
+    changed = key_difference(state.get("key"), key)
+    if changed is not None:
+        log.warning(
+            "%sdiscarding the training state %s: it was saved under other settings (%s); "
+            "starting the round over",
+            prefix,
+            checkpoint,
+            changed,
+        )
+        checkpoint.unlink(missing_ok=True)
+        return None
+    if int(state["epoch"]) > cfg.epochs:
+        log.warning(
+            "%sdiscarding the training state %s: it was saved at epoch %d, beyond train.epochs "
+            "= %d; starting the round over",
+            prefix,
+            checkpoint,
+            int(state["epoch"]),
+            cfg.epochs,
+        )
+        checkpoint.unlink(missing_ok=True)
+        return None
+    return state
 
 
 def training_loss(
@@ -210,12 +303,15 @@ def train(
     cfg: TrainConfig,
     checkpoint: str | Path | None = None,
     tag: str = "",
+    key: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs with a fresh optimizer and schedule.
 
     With ``checkpoint`` set, a checkpoint is written after every epoch and an existing one is
     resumed from (optimizer, schedule, RNG state and history included); a finished checkpoint
-    returns at once. ``tag`` prefixes log lines (e.g. ``"round 3/10"``).
+    returns at once. The checkpoint stores :func:`training_key` of ``cfg`` and ``key``; one
+    saved under other settings, or one that is unreadable, is discarded (the log names the
+    changed setting) and training starts over. ``tag`` prefixes log lines (e.g. ``"round 3/10"``).
 
     Raises:
         TrainingDivergedError: non-finite loss or weights (nothing is written).
@@ -232,8 +328,11 @@ def train(
     result = TrainResult()
     start_epoch = 0
     prefix = f"{tag} | " if tag else ""
+    resume_key = training_key(cfg, key)
+    state = None
     if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, map_location=device)
+        state = _resumable_state(Path(checkpoint), resume_key, cfg, device, prefix)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -360,6 +459,7 @@ def train(
                     "history": result.history,
                     "seconds": result.seconds,
                     "config": cfg.to_dict(),
+                    "key": resume_key,
                 },
                 model,
             )

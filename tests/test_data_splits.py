@@ -15,7 +15,7 @@ from pipeline_lib.data import (
     DataSplits,
     load_dataset,
 )
-from pipeline_lib.data.splits import atomic_write
+from pipeline_lib.io import atomic_write
 
 
 def _splits(labels: bool = True, per_column: bool = False) -> DataSplits:

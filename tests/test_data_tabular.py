@@ -3,6 +3,8 @@ download → extract → preprocess path against synthetic raw files served on l
 
 from __future__ import annotations
 
+import hashlib
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -91,7 +93,8 @@ def maf(tmp_path_factory):
     root = base / "root"
     with FileServer({"data.tar.gz": archive.read_bytes()}) as server:
         url = server.url("data.tar.gz")
-        splits = {n: prepare_tabular(n, root, url=url) for n in TABULAR_DATASETS}
+        md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+        splits = {n: prepare_tabular(n, root, url=url, md5=md5) for n in TABULAR_DATASETS}
         yield {
             "splits": splits,
             "raw": data_dir,
@@ -99,6 +102,7 @@ def maf(tmp_path_factory):
             "server": server,
             "url": url,
             "archive": archive,
+            "md5": md5,
         }
 
 
@@ -216,6 +220,7 @@ def test_prepare_from_mirror_directory_without_network(tmp_path, maf) -> None:
         download=True,
         url=closed_port_url("data.tar.gz"),
         mirror=mirror,
+        md5=maf["md5"],
     )
     assert torch.equal(s.train, maf["splits"]["miniboone"].train)
 

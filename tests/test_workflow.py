@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +19,35 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs as an ordinary user would: as root, drop the capabilities
+    that let root write to read-only files (CI runs as root, where a write-protection problem
+    would never show)."""
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip(
+                "setpriv (util-linux) runs the workflow unprivileged", allow_module_level=True
+            )
+        return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    return []
+
+
+SNAKEMAKE = [*unprivileged(), sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
+
+
+def _without_slurm_probe() -> dict[str, str]:
+    """The environment of the workflow runs here: the SLURM executor plugin runs ``scontrol show
+    config`` whenever Snakemake starts, which waits 9 s where SLURM is installed but its
+    controller is down (after the SLURM test); an ``scontrol`` that fails at once skips that."""
+    bin_dir = Path(tempfile.mkdtemp(prefix="no-slurm-"))
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+ENV = _without_slurm_probe()
 
 
 def snakemake(args, workdir: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -25,6 +56,7 @@ def snakemake(args, workdir: Path, timeout: float = 300, **kw) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=ENV,
         **kw,
     )
 
@@ -113,6 +145,11 @@ def test_images_config_plans_nothing_yet(tmp_path):
         ),
         ({"train": {"epochs": -3}}, r"experiments\.bad\.train\.epochs.*minimum"),
         ({"solver": {"method": "rk4"}}, r"step_size"),
+        ({"train": {"epochs": 0}}, r"experiments\.bad\.train\.epochs.*minimum of 1"),
+        (
+            {"evaluation": {"solver": {"method": "rk4"}}},
+            r"set experiments\.bad\.evaluation\.solver\.step_size",
+        ),
     ],
 )
 def test_invalid_config_fails_before_any_job(tmp_path, edit, message):
@@ -126,8 +163,57 @@ def test_invalid_config_fails_before_any_job(tmp_path, edit, message):
     assert not (tmp_path / "results").exists()
 
 
+DUPLICATE_KEY = """
+experiments:
+  bad: {dataset: gaussians}
+  bad: {dataset: spiral}
+"""
+SWEEP_COLLISION = """
+experiments:
+  bad__lr-0.1: {dataset: gaussians}
+  bad: {dataset: gaussians, sweep: {train.lr: [0.1, 0.2]}}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (DUPLICATE_KEY, r"'experiments\.bad'.*appears twice.*lines 3 and 4"),
+        (SWEEP_COLLISION, r"'bad__lr-0\.1' is defined twice"),
+        ('results: ""\nexperiments: {bad: {dataset: gaussians}}', r"'results'.*empty"),
+        ('results: "/"\nexperiments: {bad: {dataset: gaussians}}', r"'results'.*root"),
+        ("results: a_file\nexperiments: {bad: {dataset: gaussians}}", r"'results'.*existing file"),
+        (
+            "compute: {device: cuda}\nexperiments: {bad: {dataset: gaussians}}",
+            r"'compute\.device'.*CUDA device",
+        ),
+    ],
+)
+def test_unsafe_settings_fail_before_any_job(tmp_path, text, message):
+    if "cuda" in text:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    (tmp_path / "a_file").write_text("not a directory")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    res = snakemake(["-n", "--cores", "1", "--configfile", str(cfg)], tmp_path)
+    assert res.returncode != 0
+    assert re.search(message, res.stderr + res.stdout), res.stderr
+    assert "Job stats" not in res.stdout and "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".snakemake") == [
+        "a_file",
+        "bad.yaml",
+    ]
+
+
 def tiny_config(
-    tmp_path: Path, epochs: int = 2, n_per_mode: int = 100, extra: dict | None = None
+    tmp_path: Path,
+    epochs: int = 2,
+    n_per_mode: int = 100,
+    extra: dict | None = None,
+    lr: float = 1.0e-2,
 ) -> Path:
     base = {
         "dataset": "gaussians",
@@ -135,7 +221,7 @@ def tiny_config(
         "seeds": [0],
         "model": {"hidden_dims": [16, 16], "activation": "tanh", "trace": "exact"},
         "solver": {"method": "rk4", "step_size": 0.5},
-        "train": {"optimizer": "adamw", "lr": 1.0e-2, "epochs": epochs, "batch_size": 128},
+        "train": {"optimizer": "adamw", "lr": lr, "epochs": epochs, "batch_size": 128},
         "evaluation": {"trace": "exact"},
         "prune": {
             "methods": ["unstructured", "structured"],
@@ -245,24 +331,34 @@ def summary_rows(results: Path) -> pd.DataFrame:
     )
 
 
-def test_kill_during_prune_round_then_resume(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    for d in (straight, killed):
-        d.mkdir()
-    cfg_kw = dict(epochs=5, n_per_mode=300)
-    res = snakemake(
-        ["--cores", "2", "--configfile", str(tiny_config(straight, **cfg_kw))], straight
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+#: The configuration of the kill tests, and of their uninterrupted reference run.
+KILL_CONFIG = dict(epochs=5, n_per_mode=300, lr=2.0e-2)
+ROUND2 = "results/tiny/seed0/unstructured/round002"
 
-    cfg = tiny_config(killed, **cfg_kw)
-    proc = subprocess.Popen(
-        [*SNAKEMAKE, "--directory", str(killed), "--cores", "1", "--configfile", str(cfg)],
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """The results of an uninterrupted run of :data:`KILL_CONFIG`."""
+    workdir = tmp_path_factory.mktemp("straight")
+    cfg = tiny_config(workdir, **KILL_CONFIG)
+    res = snakemake(["--cores", "2", "--configfile", str(cfg)], workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return workdir / "results"
+
+
+def start(cfg: Path, workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "1", "--configfile", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=ENV,
     )
-    state = killed / "results/tiny/seed0/unstructured/round002/train_state.pt"
+
+
+def kill_when_round2_trains(proc: subprocess.Popen, workdir: Path) -> None:
+    """SIGKILL the whole run as soon as prune round 2 has written its training state."""
+    state = workdir / ROUND2 / "train_state.pt"
     try:
         deadline = time.time() + 150
         while not state.exists():
@@ -272,21 +368,117 @@ def test_kill_during_prune_round_then_resume(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    r1 = killed / "results/tiny/seed0/unstructured/round001/model.pt"
-    dense = killed / "results/tiny/seed0/round000/model.pt"
+
+
+def test_kill_during_prune_round_then_resume(tmp_path, straight_run):
+    cfg = tiny_config(tmp_path, **KILL_CONFIG)
+    kill_when_round2_trains(start(cfg, tmp_path), tmp_path)
+    r1 = tmp_path / "results/tiny/seed0/unstructured/round001/model.pt"
+    dense = tmp_path / "results/tiny/seed0/round000/model.pt"
     stamps = {p: p.stat().st_mtime_ns for p in (r1, dense)}
-    assert not (killed / "results/tiny/seed0/unstructured/round002/model.pt").exists()
+    assert not (tmp_path / ROUND2 / "model.pt").exists()
 
     # a SIGKILLed Snakemake leaves its lock behind: --unlock, then the same command again
-    assert snakemake(["--unlock", "--configfile", str(cfg)], killed).returncode == 0
-    res = snakemake(["--cores", "1", "--configfile", str(cfg), "--rerun-incomplete"], killed)
+    assert snakemake(["--unlock", "--configfile", str(cfg)], tmp_path).returncode == 0
+    res = snakemake(["--cores", "1", "--configfile", str(cfg), "--rerun-incomplete"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # earlier rounds not retrained
-    log = (killed / "results/logs/tiny/seed0/unstructured/round002.log").read_text()
+    log = (tmp_path / "results/logs/tiny/seed0/unstructured/round002.log").read_text()
     assert "resuming from" in log
     pd.testing.assert_frame_equal(
-        summary_rows(straight / "results"), summary_rows(killed / "results"), atol=1e-6
+        summary_rows(straight_run), summary_rows(tmp_path / "results"), atol=1e-6
     )
+
+
+def test_setting_changed_after_a_kill_retrains_the_round_in_flight(tmp_path, straight_run):
+    """Killed while round 2 trains at lr = 0.01, rerun at lr = 0.02 as an ordinary user: every
+    round retrains at 0.02 (the saved state of round 2 is discarded), the write-protection of
+    finished models does not block it, and the results equal an uninterrupted 0.02 run."""
+    cfg = tiny_config(tmp_path, **{**KILL_CONFIG, "lr": 1.0e-2})
+    kill_when_round2_trains(start(cfg, tmp_path), tmp_path)
+    cfg = tiny_config(tmp_path, **KILL_CONFIG)  # lr 0.01 -> 0.02
+    assert snakemake(["--unlock", "--configfile", str(cfg)], tmp_path).returncode == 0
+    res = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "results/logs/tiny/seed0/unstructured/round002.log").read_text()
+    assert "discarding the training state" in log
+    assert "(experiment.train.lr: 0.01 -> 0.02)" in log
+    assert "resuming from" not in log.split("discarding the training state")[-1]
+    pd.testing.assert_frame_equal(
+        summary_rows(straight_run), summary_rows(tmp_path / "results"), atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_recovers_from_kills_at_random_points(tmp_path, straight_run):
+    """Fault injection: SIGKILL the whole run at 5 seeded random moments (start-up, data,
+    training mid-epoch, evaluation, reporting), recover as documented (``--unlock``, then the
+    same command), and get the summary of the uninterrupted run."""
+    rng = random.Random(20261202)
+    cfg = tiny_config(tmp_path, **KILL_CONFIG)
+    kills = []
+    for _ in range(5):
+        delay = rng.uniform(1.0, 12.0)
+        proc = start(cfg, tmp_path)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills.append(round(delay, 1))
+        assert snakemake(["--unlock", "--configfile", str(cfg)], tmp_path).returncode == 0
+    assert len(kills) == 5, f"the run finished before its kill: {kills}"
+    res = snakemake(["--cores", "1", "--configfile", str(cfg)], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pd.testing.assert_frame_equal(
+        summary_rows(straight_run), summary_rows(tmp_path / "results"), atol=1e-6
+    )
+
+
+def test_documented_flows_work_for_an_ordinary_user(tmp_path):
+    """As an ordinary user: an evaluation setting re-evaluates, reporting rules rerun on
+    --forcerun, and a round directory deleted by hand is regenerated (it used to be 'Nothing
+    to be done' with the summary still listing it)."""
+    cfg = tiny_config(tmp_path, epochs=1)
+    base = ["--cores", "2", "--configfile", str(cfg)]
+    assert snakemake(base, tmp_path).returncode == 0
+    edited = yaml.safe_load(cfg.read_text())
+    edited["experiments"]["tiny"]["evaluation"]["hessian"] = {"power_iters": 5}
+    cfg.write_text(yaml.safe_dump(edited))
+    res = snakemake(base, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rule evaluate" in res.stderr + res.stdout
+    assert "rule prune_round" not in res.stderr + res.stdout
+    res = snakemake([*base, "--forcerun", "tables", "figures"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = summary_rows(tmp_path / "results")
+    shutil.rmtree(tmp_path / "results/tiny/seed0/unstructured/round001")
+    res = snakemake(base, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "results/tiny/seed0/unstructured/round001/model.pt").is_file()
+    pd.testing.assert_frame_equal(before, summary_rows(tmp_path / "results"), atol=1e-6)
+
+
+def test_second_study_in_one_results_directory_is_refused(tmp_path):
+    """Two configurations writing one results directory from two working directories used to
+    leave a summary with only the last one's experiments."""
+    results = tmp_path / "shared_results"
+    first, second = tmp_path / "one", tmp_path / "two"
+    for workdir, name in ((first, "tiny"), (second, "other")):
+        workdir.mkdir()
+        cfg = yaml.safe_load(tiny_config(workdir, epochs=1).read_text())
+        cfg["results"] = str(results)
+        cfg["experiments"] = {name: cfg["experiments"]["tiny"]}
+        (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(
+        ["--cores", "1", "--configfile", str(first / "tiny.yaml"), "--until", "toy_data"], first
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"tiny"' in (results / "manifest.json").read_text()
+    res = snakemake(["-n", "--cores", "1", "--configfile", str(second / "tiny.yaml")], second)
+    assert res.returncode != 0
+    assert "holds the experiment(s) tiny of another configuration" in res.stderr + res.stdout
+    assert not (results / "other").exists()
 
 
 def test_config_overrides_keep_the_default_configfile(tmp_path):
@@ -297,6 +489,7 @@ def test_config_overrides_keep_the_default_configfile(tmp_path):
         text=True,
         timeout=120,
         cwd=REPO,
+        env=ENV,
     )
     assert res.returncode == 0, res.stderr
     assert job_counts(res.stdout)["train_dense"] == 3

@@ -60,7 +60,19 @@ ALL_DATASETS: tuple[str, ...] = TOY_DATASETS + TABULAR_DATASETS
 
 
 _TOY_OPTIONS = frozenset({"n_per_mode", "n_samples", "noise"})
-_TABULAR_OPTIONS = frozenset({"download", "url", "mirror", "sha256", "force", "retries", "timeout"})
+_TABULAR_OPTIONS = frozenset(
+    {
+        "download",
+        "url",
+        "mirror",
+        "sha256",
+        "md5",
+        "max_extract_bytes",
+        "force",
+        "retries",
+        "timeout",
+    }
+)
 
 
 def _check_options(name: str, kwargs: dict[str, Any], allowed: frozenset[str]) -> None:

@@ -41,15 +41,19 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+
+from pipeline_lib.io import exclusive_lock
 
 __all__ = [
     "ArchiveError",
+    "DEFAULT_MAX_EXTRACT_BYTES",
     "DownloadError",
     "ensure_extracted",
     "extract_archive",
     "fetch",
+    "file_digest",
     "file_sha256",
     "url_basename",
 ]
@@ -91,23 +95,30 @@ def url_basename(url: str) -> str:
 
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (``sha256`` or ``md5``), read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _verify(path: Path, size: int | None, sha256: str | None) -> str | None:
+def _verify(path: Path, size: int | None, sha256: str | None, md5: str | None = None) -> str | None:
     """Return what is wrong with a downloaded file, or None if it passes the given checks."""
     actual = path.stat().st_size
     if size is not None and actual != size:
         return f"expected {size} bytes, got {actual}"
-    if sha256 is not None:
-        digest = file_sha256(path)
-        if digest.lower() != sha256.lower():
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected is None:
+            continue
+        digest = file_digest(path, algorithm)
+        if digest.lower() != expected.lower():
             return (
-                f"sha256 mismatch: expected {sha256.lower()}, got {digest} (the file is "
+                f"{algorithm} mismatch: expected {expected.lower()}, got {digest} (the file is "
                 "corrupt, or it changed at the source; if the change is intended, update the "
                 "expected checksum)"
             )
@@ -283,6 +294,7 @@ def fetch(
     *,
     sha256: str | None = None,
     size: int | None = None,
+    md5: str | None = None,
     retries: int = 3,
     timeout: float = 60,
     mirror: str | Path | None = None,
@@ -303,6 +315,8 @@ def fetch(
         dest: destination file; its directory is created.
         sha256: expected hex SHA-256 digest, or None to skip the check.
         size: expected size in bytes, or None.
+        md5: expected hex MD5 digest, or None (for sources that publish only MD5, such as
+            Zenodo; checked beside ``sha256`` when both are given).
         retries: further attempts per source after the first one fails.
         timeout: socket timeout in seconds per request.
         mirror: tried before ``url``: a local directory holding a file with the URL's
@@ -322,7 +336,7 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
     if dest.exists():
-        problem = _verify(dest, size, sha256)
+        problem = _verify(dest, size, sha256, md5)
         if problem is None:
             logger.info("%s already present; not downloading %s", dest, url)
             return dest
@@ -348,7 +362,7 @@ def fetch(
                     raise _SourceFailed(f"no file {name!r} there")
                 logger.info("copying %s from mirror %s", name, location)
                 _copy_local(candidate, part, progress)
-                problem = _verify(part, size, sha256)
+                problem = _verify(part, size, sha256, md5)
             else:
                 # A .part left by an earlier, killed run is resumed; if the result then fails
                 # its check, the download is repeated once from scratch.
@@ -356,7 +370,7 @@ def fetch(
                 logger.info("downloading %s to %s", location, dest)
                 options = {"retries": retries, "timeout": timeout, "backoff": backoff}
                 _download(str(location), part, progress=progress, **options)
-                problem = _verify(part, size, sha256)
+                problem = _verify(part, size, sha256, md5)
                 if problem is not None and stale:
                     logger.warning(
                         "%s: file resumed from an earlier run fails its check (%s); "
@@ -366,7 +380,7 @@ def fetch(
                     )
                     part.unlink()
                     _download(str(location), part, progress=progress, **options)
-                    problem = _verify(part, size, sha256)
+                    problem = _verify(part, size, sha256, md5)
             if problem is not None:
                 raise _SourceFailed(problem)
             os.replace(part, dest)
@@ -451,7 +465,23 @@ _CORRUPTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _extract_tar(archive: Path, target: Path) -> None:
+DEFAULT_MAX_EXTRACT_BYTES = 16 * 1024**3
+"""Largest total size of an archive's members that :func:`extract_archive` unpacks (16 GiB)."""
+
+
+def _check_total(archive: Path, total: int, max_bytes: int | None) -> None:
+    """Refuse an archive whose members add up to more than ``max_bytes`` (a decompression
+    bomb, or the wrong file), before anything is written."""
+    if max_bytes is not None and total > max_bytes:
+        raise ArchiveError(
+            f"Refusing to extract {archive}: its members add up to {total:,} bytes, more than "
+            f"the limit of {max_bytes:,} (data.max_extract_bytes). The archive is not the "
+            "expected one (or a decompression bomb); get it again from a trusted source, or "
+            "raise the limit if it is genuine."
+        )
+
+
+def _extract_tar(archive: Path, target: Path, max_bytes: int | None) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
@@ -459,6 +489,8 @@ def _extract_tar(archive: Path, target: Path) -> None:
                 raise ArchiveError(f"{archive} is an empty archive; download it again.")
             for member in members:
                 _check_tar_member(archive, member)
+            # a tar member is written with exactly the size its header declares
+            _check_total(archive, sum(m.size for m in members if m.isfile()), max_bytes)
             # The end-of-archive marker (zero blocks) must follow the last member; a tar cut at a
             # member boundary otherwise reads as a shorter, seemingly valid archive.
             tar.fileobj.seek(tar.offset)
@@ -479,7 +511,7 @@ def _extract_tar(archive: Path, target: Path) -> None:
         raise _corrupt(archive, err) from err
 
 
-def _extract_zip(archive: Path, target: Path) -> None:
+def _extract_zip(archive: Path, target: Path, max_bytes: int | None) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -492,6 +524,8 @@ def _extract_zip(archive: Path, target: Path) -> None:
                     raise _unsafe(archive, info.filename, "is a symlink (not supported in zip)")
                 if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
                     raise _unsafe(archive, info.filename, "is a device file or FIFO")
+            # zipfile reads no more than a member's declared size (and checks its CRC)
+            _check_total(archive, sum(i.file_size for i in infos), max_bytes)
             bad = zf.testzip()
             if bad is not None:
                 raise _corrupt(archive, zipfile.BadZipFile(f"CRC check failed for {bad!r}"))
@@ -513,7 +547,9 @@ def _archive_kind(archive: Path) -> str:
     return "zip" if magic.startswith(b"PK") else "tar"
 
 
-def extract_archive(archive: str | Path, dest_dir: str | Path) -> Path:
+def extract_archive(
+    archive: str | Path, dest_dir: str | Path, max_bytes: int | None = DEFAULT_MAX_EXTRACT_BYTES
+) -> Path:
     """Safely extract a tar (``.tar``, ``.tar.gz``/``.tgz``, bz2, xz) or zip archive.
 
     Every member is checked before anything is written: absolute paths, ``..`` components,
@@ -525,6 +561,8 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> Path:
     Arguments:
         archive: the archive file.
         dest_dir: directory to create; it must not exist yet (an empty one is replaced).
+        max_bytes: refuse, before writing anything, an archive whose members add up to more
+            than this many bytes (None: no limit).
 
     Returns:
         ``dest_dir`` as a :class:`~pathlib.Path`.
@@ -552,9 +590,9 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> Path:
     try:
         logger.info("extracting %s to %s", archive, dest_dir)
         if _archive_kind(archive) == "zip":
-            _extract_zip(archive, tmp)
+            _extract_zip(archive, tmp, max_bytes)
         else:
-            _extract_tar(archive, tmp)
+            _extract_tar(archive, tmp, max_bytes)
         os.replace(tmp, dest_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -562,24 +600,9 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> Path:
     return dest_dir
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; no-op where unavailable)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def ensure_extracted(archive: str | Path, dest_dir: str | Path) -> Path:
+def ensure_extracted(
+    archive: str | Path, dest_dir: str | Path, max_bytes: int | None = DEFAULT_MAX_EXTRACT_BYTES
+) -> Path:
     """Extract ``archive`` to ``dest_dir`` unless that was done already; safe to call concurrently.
 
     :func:`extract_archive` renames a complete extraction into place, so an existing
@@ -592,7 +615,7 @@ def ensure_extracted(archive: str | Path, dest_dir: str | Path) -> Path:
     archive, dest_dir = Path(archive), Path(dest_dir)
     if dest_dir.is_dir():
         return dest_dir
-    with _exclusive(dest_dir.with_name(f".{dest_dir.name}.lock")):
+    with exclusive_lock(dest_dir.with_name(f".{dest_dir.name}.lock")):
         if not dest_dir.is_dir():
-            extract_archive(archive, dest_dir)
+            extract_archive(archive, dest_dir, max_bytes)
     return dest_dir

@@ -20,17 +20,16 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["DataSplits", "SPLIT_NAMES", "atomic_write"]
+from pipeline_lib.io import UnreadableFileError, atomic_write
+
+__all__ = ["DataSplits", "SPLIT_NAMES"]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 """The three splits, in the order used everywhere (files, sizes, labels)."""
@@ -40,37 +39,16 @@ _FORMAT_VERSION = 1
 _META_FILE = "meta.json"
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file so that it never exists half-written.
-
-    ``write`` receives a binary file object opened on a temporary file in the same directory
-    as ``path``; once it returns, the data is flushed to disk and the temporary file is moved
-    onto ``path`` with :func:`os.replace` (atomic on POSIX and Windows). If ``write`` raises,
-    the temporary file is removed and ``path`` is left as it was.
-
-    Arguments:
-        path: destination file; its parent directory is created if needed.
-        write: callback that writes the whole content.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _load_array(path: Path) -> np.ndarray:
+    """One array of a splits directory (no pickles); unreadable raises UnreadableFileError."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UnreadableFileError(
+            path,
+            f"is unreadable (truncated? {err})",
+            f"delete {path.parent} and rerun the same command; the data set will be prepared again",
+        ) from None
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
@@ -276,7 +254,7 @@ class DataSplits:
                 raise FileNotFoundError(
                     f"{path} is listed in {meta_path} but missing; prepare the data set again."
                 )
-            values[key] = torch.from_numpy(np.load(path, allow_pickle=False))
+            values[key] = torch.from_numpy(_load_array(path))
         for split in SPLIT_NAMES:
             if split not in values:
                 raise ValueError(f"{meta_path} lists no {split!r} array; prepare it again.")
@@ -290,7 +268,7 @@ class DataSplits:
         for key in ("mean", "std"):
             stat = meta.get(key, 0.0 if key == "mean" else 1.0)
             if isinstance(stat, dict):
-                values[key] = torch.from_numpy(np.load(directory / stat["file"]))
+                values[key] = torch.from_numpy(_load_array(directory / stat["file"]))
             else:
                 values[key] = float(stat)
         return cls(name=meta.get("name", ""), **values)

@@ -14,7 +14,8 @@ the archive FFJORD's README points to), preprocessed exactly as the MAF code
     last 10 % of the rest validation; standardized per column with the mean and (population)
     standard deviation of training and validation rows together.
 ``gas`` (8 dims)
-    ``gas/ethylene_CO.pickle`` (pandas DataFrame, 1,052,065 rows): columns ``Meth``, ``Eth``,
+    ``gas/ethylene_CO.pickle`` (pandas DataFrame, 1,052,065 rows; read by
+    :func:`read_dataframe_pickle`, which refuses anything but a DataFrame's own classes): columns ``Meth``, ``Eth``,
     ``Time`` dropped; then, while any column has a correlation above 0.98 with another one,
     the first such column is dropped *by name* (a repeated name drops every column carrying
     it, as ``DataFrame.drop`` does); standardized with the mean and (sample, ``ddof=1``)
@@ -55,19 +56,27 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.data.download import _exclusive, ensure_extracted, fetch, url_basename
+from pipeline_lib.data.download import (
+    DEFAULT_MAX_EXTRACT_BYTES,
+    ensure_extracted,
+    fetch,
+    url_basename,
+)
 from pipeline_lib.data.splits import DataSplits
+from pipeline_lib.io import exclusive_lock
 
 __all__ = [
     "GAS_CORRELATION_THRESHOLD",
     "HEPMASS_MAX_REPEATS",
     "HOLDOUT_FRACTION",
+    "MAF_ARCHIVE_MD5",
     "MAF_ARCHIVE_SHA256",
     "MAF_ARCHIVE_URL",
     "PAPER_SPLIT_SIZES",
@@ -81,6 +90,7 @@ __all__ = [
     "maf_split_sizes",
     "prepare_tabular",
     "preprocess_tabular",
+    "read_dataframe_pickle",
     "repetitive_features",
 ]
 
@@ -89,8 +99,11 @@ logger = logging.getLogger(__name__)
 MAF_ARCHIVE_URL = "https://zenodo.org/record/1161203/files/data.tar.gz"
 """The MAF data archive (Papamakarios et al. 2017) on Zenodo, as linked from FFJORD's README."""
 
+MAF_ARCHIVE_MD5 = "9b9c9b0375315ad270eba4ce80c093ab"
+"""MD5 of the archive, as Zenodo publishes it and public MAF loaders verify it."""
+
 MAF_ARCHIVE_SHA256: str | None = None
-"""SHA-256 of the archive; not recorded here, so ``None`` (no check) unless a caller passes one."""
+"""SHA-256 of the archive: Zenodo publishes only MD5, so ``None`` unless a caller passes one."""
 
 TABULAR_DATASETS: tuple[str, ...] = ("power", "gas", "hepmass", "miniboone", "bsds300")
 """Names accepted by :func:`preprocess_tabular` / :func:`prepare_tabular`."""
@@ -268,8 +281,85 @@ def _splits_from_rows(
     )
 
 
+#: The only globals a DataFrame pickle may name (checked before and after pandas' own renaming
+#: of old module paths): the frame, its block manager and blocks, its indexes (pandas 3 keeps
+#: string labels in pyarrow arrays), NumPy's array reconstruction, and the harmless builtins
+#: pickle protocols use for slices and bytes. Anything else (``os.system``, ``builtins.eval``,
+#: ``subprocess.Popen``, ...) is refused.
+_PICKLE_ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    {
+        *((b, n) for b in ("builtins", "__builtin__") for n in ("slice", "bytearray", "object")),
+        ("_codecs", "encode"),
+        ("copyreg", "_reconstructor"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *(
+            (f"numpy.{core}.{mod}", name)
+            for core in ("core", "_core")
+            for mod, name in (
+                ("multiarray", "_reconstruct"),
+                ("multiarray", "scalar"),
+                ("numeric", "_frombuffer"),
+            )
+        ),
+        *(("pandas", n) for n in ("DataFrame", "Series", "Index", "RangeIndex", "StringDtype")),
+        ("pandas.core.frame", "DataFrame"),
+        ("pandas.core.series", "Series"),
+        ("pandas.core.internals", "BlockManager"),
+        ("pandas.core.internals.managers", "BlockManager"),
+        ("pandas.core.internals.managers", "SingleBlockManager"),
+        ("pandas.core.internals.blocks", "new_block"),
+        ("pandas._libs.internals", "_unpickle_block"),
+        ("pandas.core.indexes.base", "Index"),
+        ("pandas.core.indexes.base", "_new_Index"),
+        ("pandas.core.indexes.range", "RangeIndex"),
+        ("pandas.arrays", "ArrowStringArray"),
+        ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
+        ("pandas.core.arrays.string_", "StringDtype"),
+        ("pyarrow.lib", "_restore_array"),
+        ("pyarrow.lib", "py_buffer"),
+        ("pyarrow.lib", "type_for_alias"),
+    }
+)
+
+
+def read_dataframe_pickle(path: str | Path) -> pd.DataFrame:
+    """Read a pickled DataFrame without running code from it.
+
+    :func:`pandas.read_pickle` runs whatever a pickle names, so a crafted file in a downloaded
+    archive could execute code. This unpickler resolves old pandas module paths the way
+    pandas does (``pandas.compat.pickle_compat``) and then allows only the classes and
+    functions of :data:`_PICKLE_ALLOWED`; anything else raises :class:`pickle.UnpicklingError`
+    naming the global and the file.
+    """
+    from pandas.compat.pickle_compat import Unpickler as PandasUnpickler
+
+    path = Path(path)
+
+    class _Restricted(PandasUnpickler):
+        def find_class(self, module: str, name: str):
+            key = (module, name)
+            from pandas.compat.pickle_compat import _class_locations_map
+
+            mapped = _class_locations_map.get(key, key)
+            if key not in _PICKLE_ALLOWED and mapped not in _PICKLE_ALLOWED:
+                raise pickle.UnpicklingError(
+                    f"{path} names {module}.{name}, which a DataFrame pickle does not need: "
+                    "refusing to load it (the file is not the MAF one, or was tampered with). "
+                    "Delete the extracted archive and get data.tar.gz again from a trusted "
+                    "source (its MD5 is checked)."
+                )
+            return super().find_class(module, name)
+
+    with open(path, "rb") as handle:
+        frame = _Restricted(handle, encoding="latin1").load()
+    if not isinstance(frame, pd.DataFrame):
+        raise pickle.UnpicklingError(f"{path} holds a {type(frame).__name__}, not a DataFrame")
+    return frame
+
+
 def _load_gas(data_dir: Path) -> DataSplits:
-    frame = pd.read_pickle(data_dir / RAW_FILES["gas"][0])
+    frame = read_dataframe_pickle(data_dir / RAW_FILES["gas"][0])
     missing = [c for c in ("Meth", "Eth", "Time") if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -411,6 +501,8 @@ def prepare_tabular(
     mirror: str | Path | None = None,
     sha256: str | None = MAF_ARCHIVE_SHA256,
     *,
+    md5: str | None = MAF_ARCHIVE_MD5,
+    max_extract_bytes: int | None = DEFAULT_MAX_EXTRACT_BYTES,
     force: bool = False,
     retries: int = 3,
     timeout: float = 60,
@@ -428,6 +520,8 @@ def prepare_tabular(
         url: archive URL (default :data:`MAF_ARCHIVE_URL`).
         mirror: local directory or base URL holding ``data.tar.gz``, tried first.
         sha256: expected SHA-256 of the archive, or None.
+        md5: expected MD5 of the archive (default: the published one), or None.
+        max_extract_bytes: refuse an archive whose members add up to more than this.
         force: preprocess again even if ``root/<name>/meta.json`` exists.
         retries, timeout: passed to :func:`fetch`.
 
@@ -443,9 +537,17 @@ def prepare_tabular(
     raw_dir = root / _RAW_SUBDIR
     if not raw_dir.is_dir():
         archive = root / _DOWNLOAD_SUBDIR / url_basename(url)
-        with _exclusive(archive.with_name(f".{archive.name}.lock")):
-            fetch(url, archive, sha256=sha256, mirror=mirror, retries=retries, timeout=timeout)
-        ensure_extracted(archive, raw_dir)
+        with exclusive_lock(archive.with_name(f".{archive.name}.lock")):
+            fetch(
+                url,
+                archive,
+                sha256=sha256,
+                md5=md5,
+                mirror=mirror,
+                retries=retries,
+                timeout=timeout,
+            )
+        ensure_extracted(archive, raw_dir, max_extract_bytes)
     return preprocess_tabular(key, raw_dir, out_dir)
 
 

@@ -122,13 +122,14 @@ def checkpoint_key(path: str | Path) -> tuple[str, int, str, int]:
 
 
 def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
-    import numpy as np
+    from pipeline_lib.io import load_npz
 
+    fix = "delete it and rerun the same command; the checkpoint will be evaluated again"
     out = {}
     for p in paths:
-        with np.load(p) as z:
-            if "log_density" in z:
-                out[checkpoint_key(p)] = {k: z[k] for k in z.files}
+        arrays = load_npz(p, fix=fix)
+        if "log_density" in arrays:
+            out[checkpoint_key(p)] = arrays
     return out
 
 

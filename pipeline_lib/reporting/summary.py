@@ -3,26 +3,31 @@
 Rows come from each round's ``round.json`` and ``metrics/nll.json``. The dense warm start
 (round 0) is shared by both pruning methods and appears once under each, so that every
 method's curve starts at prune ratio 0. Rounds skipped after an early stop carry no row.
+
+A row is built only from files that check out: every record and metrics file must match its
+digest (:mod:`pipeline_lib.io`), a record must have the fields and ranges of
+:func:`check_record`, and the metrics must name the checkpoint of their record. Anything else
+stops the aggregation with an error naming the file and the fix, so no row is silently wrong
+or dropped. ``diverged`` is recomputed from the record with the experiment's current
+threshold (:func:`~pipeline_lib.training.has_diverged`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline_lib.stages import read_json
+from pipeline_lib.io import UnreadableFileError, read_json, read_parquet, write_parquet
 
 __all__ = [
     "SUMMARY_COLUMNS",
     "aggregate_experiment",
     "concat_summaries",
+    "check_record",
     "with_relative_metrics",
-    "write_parquet",
 ]
 
 SUMMARY_COLUMNS = [
@@ -42,6 +47,7 @@ SUMMARY_COLUMNS = [
     "train_seconds",
     "config_hash",
     "stopped",
+    "diverged",
 ]
 
 #: Optional metric columns: (file in metrics/, key there, column).
@@ -55,38 +61,104 @@ METRIC_COLUMNS = [
 ]
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a DataFrame to parquet atomically."""
+#: Fields of a round record and the type each must have.
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "experiment": str,
+    "dataset": str,
+    "method": str,
+    "seed": int,
+    "round": int,
+    "rounds_total": int,
+    "config_hash": str,
+    "model_digest": str,
+    "skipped": bool,
+}
+
+#: Fields of a trained (not skipped) round record.
+TRAINED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "keep": (int, float),
+    "prune_ratio": (int, float),
+    "params_total": int,
+    "params_nonzero": int,
+    "val_nll": (int, float),
+    "stopped": bool,
+}
+
+
+def _round_fix(path: Path) -> str:
+    return (
+        f"delete {path.parent} and rerun the same command; that round and every later round "
+        "of its chain will be trained again"
+    )
+
+
+def check_record(rec: dict, path: str | Path) -> None:
+    """Check a round record's fields, types and ranges; raise :class:`UnreadableFileError`
+    naming the first problem."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fields = {**RECORD_FIELDS, **({} if rec.get("skipped") else TRAINED_FIELDS)}
+    for key, kind in fields.items():
+        if key not in rec:
+            raise UnreadableFileError(path, f"has no field {key!r}", _round_fix(path))
+        if not isinstance(rec[key], kind) or (kind is int and isinstance(rec[key], bool)):
+            raise UnreadableFileError(
+                path, f"has {key}={rec[key]!r} of the wrong type", _round_fix(path)
+            )
+    if rec["skipped"]:
+        return
+    total, nonzero = rec["params_total"], rec["params_nonzero"]
+    if not 0 <= nonzero <= total or total <= 0:
+        raise UnreadableFileError(
+            path, f"has params_nonzero={nonzero} of params_total={total}", _round_fix(path)
+        )
+    if not (0 <= rec["prune_ratio"] < 1 and 0 < rec["keep"] <= 1):
+        raise UnreadableFileError(
+            path,
+            f"has prune_ratio={rec['prune_ratio']} / keep={rec['keep']} out of range",
+            _round_fix(path),
+        )
 
 
-def aggregate_experiment(files: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
-    """Join round records with their test NLL; ``files`` holds both kinds of JSON."""
+def _read_metrics(path: Path, record: dict, required: bool) -> dict:
+    fix = "delete it and rerun the same command; the checkpoint will be evaluated again"
+    if not required and not path.exists():
+        return {}
+    metrics = read_json(path, signed=True, fix=fix)
+    if metrics.get("model_digest") != record["model_digest"]:
+        raise UnreadableFileError(path, "measured another checkpoint than its round.json's", fix)
+    return metrics
+
+
+def aggregate_experiment(
+    files: Sequence[str | Path], out: str | Path, divergence_nats: float | None = 2.0
+) -> pd.DataFrame:
+    """Join round records with their test NLL; ``files`` holds both kinds of JSON. Every
+    file is verified (module docstring); ``diverged`` uses ``divergence_nats``."""
+    from pipeline_lib.training import has_diverged
+
     records = [Path(f) for f in files if Path(f).name == "round.json"]
     rows = []
     for rec_path in records:
-        rec = read_json(rec_path)
+        rec = read_json(rec_path, signed=True, fix=_round_fix(rec_path))
+        check_record(rec, rec_path)
         if rec.get("skipped"):
             continue
         metrics = rec_path.parent / "metrics"
-        nll = read_json(metrics / "nll.json")
+        nll = _read_metrics(metrics / "nll.json", rec, required=True)
         row = {
             **{k: rec.get(k) for k in SUMMARY_COLUMNS},
             "test_nll": nll["test_nll"],
             "test_nll_stderr": nll.get("test_nll_stderr"),
             "nll_unit": nll.get("nll_unit", "nats"),
             "stopped": bool(rec.get("stopped", False)),
+            "diverged": has_diverged(
+                rec["val_nll"], rec.get("val_nll_reference", math.nan), divergence_nats
+            ),
         }
-        extra = {name: _read_optional(metrics / name) for name in ("hessian.json", "samples.json")}
+        extra = {
+            name: _read_metrics(metrics / name, rec, required=False)
+            for name in ("hessian.json", "samples.json")
+        }
         for name, key, column in METRIC_COLUMNS:
             row[column] = extra[name].get(key, math.nan)
         for n, pct in (extra["samples.json"].get("good_pct") or {}).items():
@@ -106,13 +178,9 @@ def aggregate_experiment(files: Sequence[str | Path], out: str | Path) -> pd.Dat
     return df
 
 
-def _read_optional(path: Path) -> dict:
-    return read_json(path) if path.exists() else {}
-
-
 def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
     """Stack the per-experiment summaries into ``results/summary.parquet``."""
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df = pd.concat([read_parquet(f) for f in files], ignore_index=True)
     write_parquet(df, out)
     return df
 

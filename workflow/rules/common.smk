@@ -10,21 +10,35 @@ sys.path.insert(0, str(REPO))
 from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
 from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
+    check_device,
     check_experiment,
+    check_results_dir,
+    check_yaml_keys,
+    config_hash,
     data_id,
     describe_validation_error,
     expand_experiments,
     round_count,
     training_settings,
 )
+from pipeline_lib.manifest import register_study  # noqa: E402
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 try:
+    check_yaml_keys(workflow.configfiles)
     validate(config, SCHEMA)
     EXPERIMENTS = expand_experiments(config["experiments"])
     validate({"experiments": EXPERIMENTS}, SCHEMA)
     for _name, _exp in EXPERIMENTS.items():
         check_experiment(_name, _exp)
+    check_results_dir(config["results"])
+    RESULTS_DIR = config["results"]
+    STUDY = {name: config_hash(e) for name, e in EXPERIMENTS.items()}
+    if workflow.is_main_process:
+        # jobs on other machines (SLURM) check their device again when they start
+        if workflow.local_exec:
+            check_device(config["compute"]["device"])
+        register_study(RESULTS_DIR, STUDY, workflow.configfiles, write=False)
 except ValueError:
     raise
 except Exception as err:
@@ -83,21 +97,29 @@ def checkpoint_dir(name, method, seed, r):
     return f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
 
 
-def experiment_records(w):
+def records_of(name):
     """Every round record and metric file of one experiment."""
     files = []
-    for method, seed, r in runs(w.experiment):
-        d = checkpoint_dir(w.experiment, method, seed, r)
+    for method, seed, r in runs(name):
+        d = checkpoint_dir(name, method, seed, r)
         files += [f"{d}/round.json", f"{d}/metrics/nll.json"]
         files += [f"{d}/metrics/samples.json", f"{d}/metrics/hessian.json"]
     return files
 
 
+def experiment_records(w):
+    return records_of(w.experiment)
+
+
 def final_targets():
-    """The default target: nothing when the configuration defines no experiment."""
+    """The default target: the summary, tables and figures, and every round's record and
+    metrics themselves, so that a round deleted by hand is regenerated (Snakemake would
+    otherwise leave a missing intermediate file alone while the summary is up to date), and
+    everything downstream of it with it. Nothing when the configuration has no experiment."""
     if not EXPERIMENTS:
         return []
-    return [SUMMARY, *all_tables(), *all_figures()]
+    records = [f for name in EXPERIMENTS for f in records_of(name)]
+    return [SUMMARY, *all_tables(), *all_figures(), *records]
 
 
 def all_experiment_summaries():

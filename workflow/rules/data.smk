@@ -18,7 +18,7 @@ rule toy_data:
 
 rule download_maf:
     output:
-        protected(f"{RESOURCES}/maf/data.tar.gz"),
+        f"{RESOURCES}/maf/data.tar.gz",
     log:
         f"{RESULTS}/logs/data/download_maf.log",
     retries: 2
@@ -26,6 +26,7 @@ rule download_maf:
         ENV
     params:
         url=config["data"]["maf_url"],
+        md5=config["data"]["maf_md5"],
         sha256=config["data"]["maf_sha256"],
         size=config["data"]["maf_size"],
         mirror=config["data"]["mirror"],
@@ -42,6 +43,8 @@ rule extract_maf:
         f"{RESULTS}/logs/data/extract_maf.log",
     conda:
         ENV
+    params:
+        max_bytes=config["data"]["max_extract_bytes"],
     script:
         "../scripts/extract.py"
 

@@ -7,9 +7,7 @@ rule prune_round:
         unpack(previous_round),
         data=experiment_data,
     output:
-        model=protected(
-            f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/model.pt"
-        ),
+        model=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/model.pt",
         record=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/round.json",
     log:
         f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.log",

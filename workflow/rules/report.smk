@@ -1,5 +1,5 @@
 # Aggregation, tables and figures. Cheap rules: they run on the submit host, and editing a
-# table or plot reruns only these (training outputs are protected and upstream).
+# table or plot reruns only these (training outputs are upstream).
 
 
 localrules:
@@ -22,6 +22,8 @@ rule aggregate_experiment:
         f"{RESULTS}/logs/{{experiment}}/aggregate.log",
     conda:
         ENV
+    params:
+        divergence_nats=lambda w: EXPERIMENTS[w.experiment]["train"]["divergence_nats"],
     script:
         "../scripts/aggregate.py"
 

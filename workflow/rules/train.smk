@@ -5,7 +5,7 @@ rule train_dense:
     input:
         data=experiment_data,
     output:
-        model=protected(f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/model.pt"),
+        model=f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/model.pt",
         record=f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/round.json",
     log:
         f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/round000.log",

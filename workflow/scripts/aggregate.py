@@ -6,4 +6,4 @@ from pipeline_lib.reporting.summary import aggregate_experiment
 
 smk = snakemake  # noqa: F821
 setup_logging(smk)
-aggregate_experiment(list(smk.input), smk.output[0])
+aggregate_experiment(list(smk.input), smk.output[0], smk.params.divergence_nats)

@@ -10,6 +10,7 @@ fetch(
     smk.params.url,
     smk.output[0],
     sha256=smk.params.sha256,
+    md5=smk.params.md5,
     size=smk.params.size,
     mirror=smk.params.mirror,
 )

@@ -6,4 +6,4 @@ from pipeline_lib.data import extract_archive
 
 smk = snakemake  # noqa: F821
 setup_logging(smk)
-extract_archive(smk.input[0], smk.output[0])
+extract_archive(smk.input[0], smk.output[0], smk.params.max_bytes)
