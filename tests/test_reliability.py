@@ -365,3 +365,27 @@ def test_a_diverging_round_is_flagged_or_fails(caplog):
     with pytest.raises(TrainingDivergedError, match=r"on_divergence: fail"):
         sparse_flow_round(make_flow(), x, v, None, cfg(lr=10.0, epochs=2, on_divergence="fail"),
                           None, 1.0, 0, 1)  # fmt: skip
+
+
+def test_every_loader_names_the_unreadable_file(tmp_path):
+    from pipeline_lib.data import DataSplits
+    from pipeline_lib.io import load_npz, read_parquet, write_parquet
+    from pipeline_lib.reporting.tables import write_nll_table
+
+    summary = tmp_path / "summary.parquet"
+    write_parquet(pd.DataFrame({"a": [1.0, 2.0]}), summary)
+    summary.write_bytes(summary.read_bytes()[:30])
+    with pytest.raises(UnreadableFileError, match=r"summary.parquet is unreadable.*rerun"):
+        write_nll_table(summary, "gaussians", None, *(tmp_path / f"t.{e}" for e in "abc"))
+    with pytest.raises(UnreadableFileError, match="is missing"):
+        read_parquet(tmp_path / "absent.parquet")
+    snap = tmp_path / "snapshot.npz"
+    np.savez_compressed(snap, x=np.arange(1000.0))
+    snap.write_bytes(snap.read_bytes()[:100])
+    with pytest.raises(UnreadableFileError, match=r"snapshot.npz is unreadable"):
+        load_npz(snap)
+    splits = DataSplits(train=toy_data(20, 0), val=toy_data(10, 1), test=toy_data(10, 2))
+    splits.save(tmp_path / "data")
+    (tmp_path / "data" / "val.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(UnreadableFileError, match=r"data/val.npy is unreadable.*prepared again"):
+        DataSplits.load(tmp_path / "data")

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from pipeline_lib.io import read_parquet  # noqa: E402
+
 __all__ = [
     "METHOD_COLORS",
     "checkpoint_key",
@@ -85,7 +87,7 @@ def plot_nll_vs_prune_ratio(
     from pipeline_lib.reporting.published import published_nll_curve
 
     style()
-    df = pd.read_parquet(summary_path)
+    df = read_parquet(summary_path)
     experiments = sorted(df["experiment"].unique())
     ncols = min(3, len(experiments))
     nrows = math.ceil(len(experiments) / ncols)
@@ -154,7 +156,7 @@ def plot_density_grid(
 
     style()
     snaps = _load_snapshots(snapshot_paths)
-    ratios = _prune_ratios(pd.read_parquet(summary_path))
+    ratios = _prune_ratios(read_parquet(summary_path))
     rows = sorted({(e, s, m) for (e, s, m, r) in snaps if m != "dense"})
     if not rows:
         rows = sorted({(e, s, "dense") for (e, s, m, r) in snaps})
@@ -208,7 +210,7 @@ def plot_vector_fields(
 
     style()
     snaps = _load_snapshots(snapshot_paths)
-    ratios = _prune_ratios(pd.read_parquet(summary_path))
+    ratios = _prune_ratios(read_parquet(summary_path))
     exps = sorted({(e, s) for (e, s, m, r) in snaps})
     exps = [min(g for g in exps if g[0] == e) for e in sorted({e for e, _ in exps})]
     fig, axes = plt.subplots(len(exps), 2, figsize=(7.5, 3.6 * len(exps)), squeeze=False)
@@ -266,7 +268,7 @@ def plot_metrics_vs_prune_ratio(
     from pipeline_lib.reporting.summary import with_relative_metrics
 
     style()
-    df = with_relative_metrics(pd.read_parquet(summary_path))
+    df = with_relative_metrics(read_parquet(summary_path))
     metrics = [m for m in metrics if m in df and df[m].notna().any()]
     experiments = (
         sorted(df[df[metrics].notna().any(axis=1)]["experiment"].unique()) if metrics else []

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline_lib.io import read_parquet
 from pipeline_lib.reporting.published import published_metric_curve, published_nll_curve
 from pipeline_lib.reporting.summary import with_relative_metrics
 
@@ -134,7 +135,7 @@ def write_nll_table(
     tex: str | Path,
 ) -> pd.DataFrame:
     """Write the NLL table of ``dataset`` as Markdown, CSV (full precision) and LaTeX."""
-    table = nll_table(pd.read_parquet(summary_path), dataset, published_dir)
+    table = nll_table(read_parquet(summary_path), dataset, published_dir)
     _write(
         table,
         _display(table),
@@ -234,7 +235,7 @@ def _pm(mean: pd.Series, std: pd.Series, fmt: str) -> pd.Series:
 
 def write_good_samples_table(summary_path, published_dir, md, csv, tex) -> pd.DataFrame:
     """Write Table 4 (good-quality samples) as Markdown, CSV and LaTeX."""
-    table = good_samples_table(pd.read_parquet(summary_path), published_dir)
+    table = good_samples_table(read_parquet(summary_path), published_dir)
     shown = table[["experiment", "method", "round", "seeds"]].copy()
     shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
     for c in sorted(c for c in table.columns if c.startswith("good_pct_") and c.endswith("_mean")):
@@ -259,7 +260,7 @@ def write_good_samples_table(summary_path, published_dir, md, csv, tex) -> pd.Da
 
 def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFrame:
     """Write Table 5 / S11–S12 (Hessian eigen-analysis) as Markdown, CSV and LaTeX."""
-    table = hessian_table(pd.read_parquet(summary_path), published_dir)
+    table = hessian_table(read_parquet(summary_path), published_dir)
     shown = table[["experiment", "method", "round", "seeds"]].copy()
     shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
     shown["NLL"] = _pm(table["test_nll_mean"], table["test_nll_std"], "{:.3f}")
