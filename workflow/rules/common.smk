@@ -115,7 +115,8 @@ def final_targets():
     """The default target: the summary, tables and figures, and every round's record and
     metrics themselves, so that a round deleted by hand is regenerated (Snakemake would
     otherwise leave a missing intermediate file alone while the summary is up to date), and
-    everything downstream of it with it. Nothing when the configuration has no experiment."""
+    everything downstream of it with it. Nothing when the configuration has no experiment.
+    """
     if not EXPERIMENTS:
         return []
     records = [f for name in EXPERIMENTS for f in records_of(name)]
