@@ -211,7 +211,7 @@ def check_results_dir(results: str) -> None:
             "invalid configuration at 'results': it is empty; set it to the directory for all "
             "outputs, e.g. results: results"
         )
-    path = Path(results).expanduser()
+    path = Path(results)
     if path.resolve() == Path(path.resolve().anchor):
         raise ValueError(
             f"invalid configuration at 'results': {results!r} is the filesystem root; set it "

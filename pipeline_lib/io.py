@@ -200,8 +200,9 @@ def save_checkpoint(path: str | Path, state: dict) -> str:
     return digest
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, fix: str | None = None) -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``) and verify
+def load_checkpoint(path: str | Path, *, fix: str | None = None) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (``weights_only=True``;
+    callers move it to their device, so a checkpoint saved on a GPU loads anywhere) and verify
     its digest (returned under :data:`DIGEST_KEY`); a missing, truncated, garbled or unsigned
     file raises :class:`UnreadableFileError` naming it and ``fix``."""
     import torch
@@ -210,7 +211,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, fix: str | N
     if not path.is_file():
         raise UnreadableFileError(path, "is missing", fix)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises OSError, RuntimeError, UnpicklingError, ...
         raise UnreadableFileError(
             path, f"is unreadable (truncated? {type(err).__name__}: {err})", fix

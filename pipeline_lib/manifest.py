@@ -8,7 +8,8 @@ directory would leave a summary without the first one's rows. :func:`register_st
 when the workflow plans a run, refuses that before any job starts: the running configuration
 must hold every experiment the manifest lists (it may add new ones, and it may change their
 settings, which retrains them). An experiment whose directory was deleted by hand leaves the
-manifest quietly: that is how a study drops an experiment.
+manifest quietly: that is how a study drops an experiment. A directory written before
+manifests existed counts every ``<results>/<name>/seed<k>/`` as an experiment it holds.
 
 Example::
 
@@ -27,6 +28,10 @@ from pipeline_lib.io import exclusive_lock, read_json, write_json
 __all__ = ["MANIFEST_NAME", "register_study"]
 
 MANIFEST_NAME = "manifest.json"
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return [d for d in path.iterdir() if d.is_dir()] if path.is_dir() else []
 
 
 def register_study(
@@ -52,7 +57,10 @@ def register_study(
     fix = f"delete {path} if the directory should be taken over by this configuration"
     lock = results / f".{MANIFEST_NAME}.lock"
     with exclusive_lock(lock) if write else contextlib.nullcontext():
-        known = read_json(path, fix=fix).get("experiments", {}) if path.exists() else {}
+        if path.exists():
+            known = read_json(path, fix=fix).get("experiments", {})
+        else:  # a directory from before manifests: its experiments are the ones with seed runs
+            known = {d.name for d in _subdirs(results) if any(d.glob("seed[0-9]*"))}
         others = sorted(n for n in known if n not in experiments and (results / n).is_dir())
         if others:
             listed = ", ".join(others)

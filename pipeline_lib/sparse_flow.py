@@ -33,6 +33,7 @@ import torch
 
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.flows import ContinuousFlow
+from pipeline_lib.io import content_digest
 from pipeline_lib.pruning import (
     EarlyStopping,
     count_parameters,
@@ -140,14 +141,23 @@ def sparse_flow_round(
     """One PRUNE + TRAIN step of Algorithm 1 (lines 5–6); round 0 (``method=None``) only trains.
 
     Pruning is deterministic, so a round resumed from its checkpoint prunes again and then
-    takes weights and masks from the checkpoint (:func:`~pipeline_lib.training.train`, which
-    discards a checkpoint saved under other settings than ``key``). Divergence: the final
+    takes weights and masks from the checkpoint. The checkpoint is resumed only under the same
+    method, keep ratio, round, starting weights (their digest) and ``key`` (the caller's
+    settings); otherwise :func:`~pipeline_lib.training.train` discards it and starts over. Divergence: the final
     validation NLL is compared with ``reference_nll`` (the previous round's; when None, the
     model's before training) by :func:`~pipeline_lib.training.has_diverged`; a diverged round is
     flagged with a warning, or stops with :class:`TrainingDivergedError` under
     ``on_divergence: fail``. Returns the round's metrics; test NLL is NaN without ``test_x``.
     """
     tag = f"round {round_index}/{total_rounds}"
+    # a saved training state resumes only for this round of this chain, from the same model
+    key = {
+        "method": method or "dense",
+        "keep": keep,
+        "round": round_index,
+        "start_model": content_digest(model.state_dict()),
+        **(key or {}),
+    }
     if method is not None:
         prune(model, method, keep)
     total, nonzero = count_parameters(model)
@@ -160,16 +170,19 @@ def sparse_flow_round(
         nonzero,
         total,
     )
-    if reference_nll is None and train_cfg.divergence_nats is not None:
-        reference_nll = evaluate_nll(
-            model,
-            val_x.to(next(model.parameters()).device),
-            train_cfg.eval_batch_size,
-            solver=train_cfg.eval_solver,
-            trace=train_cfg.eval_trace,
-        ).nll
     t0 = time.perf_counter()
-    result = train(model, train_x, val_x, train_cfg, checkpoint=checkpoint, tag=tag, key=key)
+    result = train(
+        model,
+        train_x,
+        val_x,
+        train_cfg,
+        checkpoint=checkpoint,
+        tag=tag,
+        key=key,
+        measure_start=reference_nll is None,
+    )
+    if reference_nll is None:
+        reference_nll = result.val_nll_initial
     seconds = result.seconds if result.seconds else time.perf_counter() - t0
     nfe = result.history[-1]["nfe_forward"] if result.history else math.nan
     test = (

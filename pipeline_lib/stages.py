@@ -80,7 +80,7 @@ def load_model(
 ) -> ContinuousFlow:
     """Rebuild a flow from a round's ``model.pt`` (masks included), after verifying the digest
     of its content and, if given, that it is the checkpoint a record names."""
-    state = load_checkpoint(checkpoint, map_location=device, fix=round_fix(checkpoint))
+    state = load_checkpoint(checkpoint, fix=round_fix(checkpoint))
     if expected_digest is not None and state[DIGEST_KEY] != expected_digest:
         raise UnreadableFileError(
             checkpoint,
@@ -158,15 +158,10 @@ def train_round(
     if method is not None:
         keep = prune_config(exp, method).keep_ratios()[round_index - 1]
     state_path = out_model.parent / "train_state.pt"
-    # a saved training state resumes only under the same settings and the same starting model
-    key = {
-        "experiment": training_settings(exp),
-        "seed": seed,
-        "method": method or "dense",
-        "round": round_index,
-        "keep": keep,
-        "start_model": prev["model_digest"] if prev is not None else None,
-    }
+    # a saved training state resumes only under the same settings (sparse_flow_round adds the
+    # round, method, keep ratio and the digest of the starting weights)
+    settings = {k: v for k, v in training_settings(exp).items() if k != "seeds"}
+    key = {"experiment": settings, "seed": seed}
     t0 = time.perf_counter()
     row = sparse_flow_round(
         model,

@@ -155,6 +155,7 @@ class TrainResult:
     best_val_nll: float = math.nan
     seconds: float = 0.0
     resumed_from_epoch: int = 0
+    val_nll_initial: float = math.nan
 
 
 def has_diverged(val_nll: float, reference_nll: float, threshold_nats: float | None) -> bool:
@@ -243,13 +244,11 @@ def key_difference(old: Any, new: Any, path: str = "") -> str | None:
     return None if old == new else f"{path or '<key>'}: {old!r} -> {new!r}"
 
 
-def _resumable_state(
-    checkpoint: Path, key: dict, cfg: TrainConfig, device, prefix: str
-) -> dict | None:
+def _resumable_state(checkpoint: Path, key: dict, cfg: TrainConfig, prefix: str) -> dict | None:
     """The saved training state if it can be resumed; a stale (other settings) or unreadable
     one is discarded with a log line saying why, and the round starts over."""
     try:
-        state = load_checkpoint(checkpoint, map_location=device)
+        state = load_checkpoint(checkpoint)
     except io.UnreadableFileError as err:
         log.warning("%sdiscarding the training state: %s; starting the round over", prefix, err)
         checkpoint.unlink(missing_ok=True)
@@ -296,6 +295,17 @@ def training_loss(
     return loss, nll, out.nfe
 
 
+def _initial_val_nll(model: ContinuousFlow, val_x: torch.Tensor, cfg: TrainConfig, prefix: str):
+    """Validation NLL of the model before training; NaN (with a warning) if the solver fails."""
+    try:
+        return evaluate_nll(
+            model, val_x, cfg.eval_batch_size, solver=cfg.eval_solver, trace=cfg.eval_trace
+        ).nll
+    except SolverError as err:
+        log.warning("%sno validation NLL before training (%s)", prefix, err)
+        return math.nan
+
+
 def train(
     model: ContinuousFlow,
     train_x: torch.Tensor,
@@ -304,6 +314,7 @@ def train(
     checkpoint: str | Path | None = None,
     tag: str = "",
     key: dict | None = None,
+    measure_start: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs with a fresh optimizer and schedule.
 
@@ -312,6 +323,9 @@ def train(
     returns at once. The checkpoint stores :func:`training_key` of ``cfg`` and ``key``; one
     saved under other settings, or one that is unreadable, is discarded (the log names the
     changed setting) and training starts over. ``tag`` prefixes log lines (e.g. ``"round 3/10"``).
+    With ``measure_start``, the validation NLL of the model before its first epoch is measured
+    once (NaN if the solver fails on it), kept in the checkpoint and returned as
+    ``val_nll_initial`` (the divergence reference of a dense round).
 
     Raises:
         TrainingDivergedError: non-finite loss or weights (nothing is written).
@@ -331,7 +345,7 @@ def train(
     resume_key = training_key(cfg, key)
     state = None
     if checkpoint is not None and Path(checkpoint).exists():
-        state = _resumable_state(Path(checkpoint), resume_key, cfg, device, prefix)
+        state = _resumable_state(Path(checkpoint), resume_key, cfg, prefix)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -341,9 +355,12 @@ def train(
         result.history = list(state["history"])
         result.seconds = float(state.get("seconds", 0.0))
         result.resumed_from_epoch = start_epoch
+        result.val_nll_initial = float(state.get("val_nll_initial", math.nan))
         log.info("%sresuming from %s at epoch %d/%d", prefix, checkpoint, start_epoch, cfg.epochs)
     else:
         torch.manual_seed(cfg.seed)
+        if measure_start:
+            result.val_nll_initial = _initial_val_nll(model, val_x, cfg, prefix)
 
     shuffle = torch.Generator(device="cpu")
     n = train_x.shape[0]
@@ -460,6 +477,7 @@ def train(
                     "seconds": result.seconds,
                     "config": cfg.to_dict(),
                     "key": resume_key,
+                    "val_nll_initial": result.val_nll_initial,
                 },
                 model,
             )

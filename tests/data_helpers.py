@@ -202,7 +202,9 @@ def _gas_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
     meth = rng.choice([0.0, 50.0, 100.0], size=n)
     eth = rng.choice([0.0, 10.0, 20.0], size=n)
     columns = np.column_stack([time_col, meth, eth, sensors])
-    return pd.DataFrame(columns, columns=GAS_COLUMNS)
+    # labels of Python strings in an object index, as in the MAF archive's pickle (pandas 3
+    # would otherwise store them as a pyarrow-backed string index)
+    return pd.DataFrame(columns, columns=pd.Index(GAS_COLUMNS, dtype=object))
 
 
 def _hepmass_frame(rng: np.random.Generator, n: int, test: bool) -> pd.DataFrame:

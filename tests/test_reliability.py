@@ -232,9 +232,17 @@ def test_crafted_pickle_is_refused_and_a_genuine_dataframe_loads(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         read_dataframe_pickle(nested)
     assert not marker.exists()
-    # a genuine DataFrame pickle of the installed pandas, every protocol
+    # a class patched through BUILD (pandas.Index.equals = 1) is refused, and nothing changes
+    patch = b"\x80\x02cpandas\nIndex\n}X\x06\x00\x00\x00equalsK\x01sb."
+    (tmp_path / "patch.pickle").write_bytes(patch)
+    with pytest.raises(pickle.UnpicklingError, match="sets attributes of the class Index"):
+        read_dataframe_pickle(tmp_path / "patch.pickle")
+    assert callable(pd.Index.equals)
+    # a genuine DataFrame pickle of the installed pandas (string labels in an object index,
+    # as in the MAF archive), every protocol
     rng = np.random.default_rng(0)
-    genuine = pd.DataFrame(rng.standard_normal((50, 4)), columns=["Time", "Meth", "Eth", "s1"])
+    labels = pd.Index(["Time", "Meth", "Eth", "s1"], dtype=object)
+    genuine = pd.DataFrame(rng.standard_normal((50, 4)), columns=labels)
     for protocol in (2, 4, pickle.HIGHEST_PROTOCOL):
         path = tmp_path / f"genuine{protocol}.pickle"
         path.write_bytes(pickle.dumps(genuine, protocol=protocol))
@@ -342,6 +350,13 @@ def test_results_directory_holds_one_study(tmp_path):
     (results / "a").rmdir()  # deleting an experiment's directory drops it
     register_study(results, {"b": "h2"}, ["two.yaml"])
     assert list(read_json(results / "manifest.json")["experiments"]) == ["b"]
+    # a directory from before manifests: its experiments are those with seed runs
+    old = tmp_path / "old"
+    (old / "x" / "seed0").mkdir(parents=True)
+    (old / "logs" / "x").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"experiment\(s\) x of another"):
+        register_study(old, {"y": "h"}, write=False)
+    register_study(old, {"x": "h", "y": "h"}, write=False)
 
 
 # -- divergence --------------------------------------------------------------------------------
@@ -353,7 +368,7 @@ def test_divergence_rule():
     assert not has_diverged(100.0, 1.5, None) and not has_diverged(5.0, math.nan, 2.0)
 
 
-def test_a_diverging_round_is_flagged_or_fails(caplog):
+def test_a_diverging_round_is_flagged_or_fails(tmp_path, caplog):
     """Defect 5: lr = 10 finished with test NLL in the thousands of nats and no warning."""
     x, v = toy_data(512, 0), toy_data(128, 1)
     with caplog.at_level(logging.WARNING, logger="sparseflows.sparse_flow"):
@@ -362,6 +377,16 @@ def test_a_diverging_round_is_flagged_or_fails(caplog):
     assert "diverged" in caplog.text and "lower train.lr (now 10)" in caplog.text
     good = sparse_flow_round(make_flow(), x, v, None, cfg(epochs=2), None, 1.0, 0, 1)
     assert not good.diverged and good.val_nll < good.val_nll_reference
+    # the reference is measured once, before the first epoch, and kept for a resumed round
+    ckpt = tmp_path / "state.pt"
+    first = sparse_flow_round(
+        make_flow(), x, v, None, cfg(lr=10.0, epochs=2), None, 1.0, 0, 1, ckpt
+    )
+    again = sparse_flow_round(
+        make_flow(), x, v, None, cfg(lr=10.0, epochs=2), None, 1.0, 0, 1, ckpt
+    )
+    assert again.val_nll_reference == first.val_nll_reference == row.val_nll_reference
+    assert again.diverged
     with pytest.raises(TrainingDivergedError, match=r"on_divergence: fail"):
         sparse_flow_round(make_flow(), x, v, None, cfg(lr=10.0, epochs=2, on_divergence="fail"),
                           None, 1.0, 0, 1)  # fmt: skip
@@ -389,3 +414,20 @@ def test_every_loader_names_the_unreadable_file(tmp_path):
     (tmp_path / "data" / "val.npy").write_bytes(b"\x93NUMPY")
     with pytest.raises(UnreadableFileError, match=r"data/val.npy is unreadable.*prepared again"):
         DataSplits.load(tmp_path / "data")
+
+
+def test_library_loop_retrains_a_round_whose_prune_settings_changed(tmp_path):
+    """run_sparse_flow resumes from its work directory only what was trained under the same
+    round, method, keep ratio and starting weights."""
+    from pipeline_lib.data import DataSplits
+    from pipeline_lib.sparse_flow import PruneConfig, run_sparse_flow
+
+    data = DataSplits(train=toy_data(256, 0), val=toy_data(64, 1), test=toy_data(64, 2))
+    prune_cfg = PruneConfig(method="unstructured", prune_ratio_per_round=0.5, rounds=1)
+    first = run_sparse_flow(make_flow(), data, cfg(epochs=1), prune_cfg, workdir=tmp_path)
+    prune_cfg = PruneConfig(method="unstructured", prune_ratio_per_round=0.2, rounds=1)
+    second = run_sparse_flow(make_flow(), data, cfg(epochs=1), prune_cfg, workdir=tmp_path)
+    fresh = run_sparse_flow(make_flow(), data, cfg(epochs=1), prune_cfg)
+    assert first[1].prune_ratio == pytest.approx(0.5, abs=0.01)
+    assert second[1].prune_ratio == pytest.approx(0.2, abs=0.01)
+    assert second[1].val_nll == pytest.approx(fresh[1].val_nll, abs=1e-9)

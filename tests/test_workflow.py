@@ -511,3 +511,36 @@ def test_training_settings_leave_out_evaluation_only_keys():
         "evaluation": {"trace": "exact", "solver": None},
     }
     assert exp["train"]["val_every"] == 5  # the input is not modified
+
+
+@pytest.mark.parametrize("good_md5", [True, False])
+def test_tabular_data_is_downloaded_verified_and_extracted_by_the_workflow(tmp_path, good_md5):
+    """download_maf -> extract_maf -> tabular_data against a loopback server: the archive's
+    MD5 is verified (a wrong one fails the download job and leaves no archive), GAS is read
+    through the restricted unpickler."""
+    import hashlib
+
+    from data_helpers import FileServer, make_maf_tree, pack_tar_gz
+
+    archive = pack_tar_gz(make_maf_tree(tmp_path / "src"), tmp_path / "data.tar.gz")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest() if good_md5 else "0" * 32
+    with FileServer({"data.tar.gz": archive.read_bytes()}) as server:
+        cfg = {
+            "results": "results",
+            "resources": "resources",
+            "data": {"maf_url": server.url("data.tar.gz"), "maf_md5": md5},
+            "compute": {"device": "cpu"},
+            "experiments": {"tab": {"dataset": "gas", "model": {"hidden_dims": [8]}}},
+        }
+        (tmp_path / "tab.yaml").write_text(yaml.safe_dump(cfg))
+        args = ["--cores", "1", "--configfile", str(tmp_path / "tab.yaml")]
+        res = snakemake([*args, "--until", "tabular_data"], tmp_path)
+    if good_md5:
+        assert res.returncode == 0, res.stderr[-3000:]
+        meta = yaml.safe_load((tmp_path / "results/data/gas/meta.json").read_text())
+        assert meta["dim"] == 8
+    else:
+        assert res.returncode != 0
+        log = (tmp_path / "results/logs/data/download_maf.log").read_text()
+        assert f"md5 mismatch: expected {md5}" in log
+        assert not (tmp_path / "resources/maf/data.tar.gz").exists()

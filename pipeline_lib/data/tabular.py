@@ -282,15 +282,15 @@ def _splits_from_rows(
 
 
 #: The only globals a DataFrame pickle may name (checked before and after pandas' own renaming
-#: of old module paths): the frame, its block manager and blocks, its indexes (pandas 3 keeps
-#: string labels in pyarrow arrays), NumPy's array reconstruction, and the harmless builtins
-#: pickle protocols use for slices and bytes. Anything else (``os.system``, ``builtins.eval``,
-#: ``subprocess.Popen``, ...) is refused.
+#: of old module paths): the frame, its block manager and blocks, its indexes, NumPy's array
+#: reconstruction, and the builtins pickle protocols use for slices and bytes. These are what a
+#: frame of float columns with string labels in an object index needs (the MAF archive's, and
+#: ``DataFrame.to_pickle`` of such a frame today). Anything else (``os.system``,
+#: ``builtins.eval``, pyarrow's buffer reconstruction, ...) is refused.
 _PICKLE_ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        *((b, n) for b in ("builtins", "__builtin__") for n in ("slice", "bytearray", "object")),
+        *((b, n) for b in ("builtins", "__builtin__") for n in ("slice", "bytearray")),
         ("_codecs", "encode"),
-        ("copyreg", "_reconstructor"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         *(
@@ -302,23 +302,15 @@ _PICKLE_ALLOWED: frozenset[tuple[str, str]] = frozenset(
                 ("numeric", "_frombuffer"),
             )
         ),
-        *(("pandas", n) for n in ("DataFrame", "Series", "Index", "RangeIndex", "StringDtype")),
+        *(("pandas", n) for n in ("DataFrame", "Index", "RangeIndex")),
         ("pandas.core.frame", "DataFrame"),
-        ("pandas.core.series", "Series"),
         ("pandas.core.internals", "BlockManager"),
         ("pandas.core.internals.managers", "BlockManager"),
-        ("pandas.core.internals.managers", "SingleBlockManager"),
         ("pandas.core.internals.blocks", "new_block"),
         ("pandas._libs.internals", "_unpickle_block"),
         ("pandas.core.indexes.base", "Index"),
         ("pandas.core.indexes.base", "_new_Index"),
         ("pandas.core.indexes.range", "RangeIndex"),
-        ("pandas.arrays", "ArrowStringArray"),
-        ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
-        ("pandas.core.arrays.string_", "StringDtype"),
-        ("pyarrow.lib", "_restore_array"),
-        ("pyarrow.lib", "py_buffer"),
-        ("pyarrow.lib", "type_for_alias"),
     }
 )
 
@@ -329,27 +321,38 @@ def read_dataframe_pickle(path: str | Path) -> pd.DataFrame:
     :func:`pandas.read_pickle` runs whatever a pickle names, so a crafted file in a downloaded
     archive could execute code. This unpickler resolves old pandas module paths the way
     pandas does (``pandas.compat.pickle_compat``) and then allows only the classes and
-    functions of :data:`_PICKLE_ALLOWED`; anything else raises :class:`pickle.UnpicklingError`
-    naming the global and the file.
+    functions of :data:`_PICKLE_ALLOWED`; it also refuses to set attributes on a class (a
+    pickle's BUILD of a class object would patch it for the whole process). Anything else
+    raises :class:`pickle.UnpicklingError` naming the global and the file.
     """
     from pandas.compat.pickle_compat import Unpickler as PandasUnpickler
+    from pandas.compat.pickle_compat import _class_locations_map
 
     path = Path(path)
+    fix = (
+        "refusing to load it (the file is not the MAF one, or was tampered with). Delete the "
+        "extracted archive and get data.tar.gz again from a trusted source (its MD5 is checked)."
+    )
 
     class _Restricted(PandasUnpickler):
+        dispatch = PandasUnpickler.dispatch.copy()
+
         def find_class(self, module: str, name: str):
             key = (module, name)
-            from pandas.compat.pickle_compat import _class_locations_map
-
-            mapped = _class_locations_map.get(key, key)
-            if key not in _PICKLE_ALLOWED and mapped not in _PICKLE_ALLOWED:
+            if key not in _PICKLE_ALLOWED and _class_locations_map.get(key) not in _PICKLE_ALLOWED:
                 raise pickle.UnpicklingError(
-                    f"{path} names {module}.{name}, which a DataFrame pickle does not need: "
-                    "refusing to load it (the file is not the MAF one, or was tampered with). "
-                    "Delete the extracted archive and get data.tar.gz again from a trusted "
-                    "source (its MD5 is checked)."
+                    f"{path} names {module}.{name}, which a DataFrame pickle does not need: {fix}"
                 )
             return super().find_class(module, name)
+
+        def load_build(self) -> None:
+            if isinstance(self.stack[-2], type):
+                raise pickle.UnpicklingError(
+                    f"{path} sets attributes of the class {self.stack[-2].__name__}: {fix}"
+                )
+            super().load_build()
+
+        dispatch[pickle.BUILD[0]] = load_build
 
     with open(path, "rb") as handle:
         frame = _Restricted(handle, encoding="latin1").load()

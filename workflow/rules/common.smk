@@ -35,7 +35,8 @@ try:
     RESULTS_DIR = config["results"]
     STUDY = {name: config_hash(e) for name, e in EXPERIMENTS.items()}
     if workflow.is_main_process:
-        # jobs on other machines (SLURM) check their device again when they start
+        # every torch job checks its device again when it starts (acquire_device), on
+        # whichever machine runs it: here only runs that execute locally are checked
         if workflow.local_exec:
             check_device(config["compute"]["device"])
         register_study(RESULTS_DIR, STUDY, workflow.configfiles, write=False)

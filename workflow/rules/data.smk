@@ -26,7 +26,6 @@ rule download_maf:
         ENV
     params:
         url=config["data"]["maf_url"],
-        md5=config["data"]["maf_md5"],
         sha256=config["data"]["maf_sha256"],
         size=config["data"]["maf_size"],
         mirror=config["data"]["mirror"],
@@ -43,8 +42,6 @@ rule extract_maf:
         f"{RESULTS}/logs/data/extract_maf.log",
     conda:
         ENV
-    params:
-        max_bytes=config["data"]["max_extract_bytes"],
     script:
         "../scripts/extract.py"
 

@@ -10,7 +10,7 @@ fetch(
     smk.params.url,
     smk.output[0],
     sha256=smk.params.sha256,
-    md5=smk.params.md5,
+    md5=smk.config["data"]["maf_md5"],  # not a parameter: adding it must not re-download
     size=smk.params.size,
     mirror=smk.params.mirror,
 )

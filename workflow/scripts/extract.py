@@ -6,4 +6,5 @@ from pipeline_lib.data import extract_archive
 
 smk = snakemake  # noqa: F821
 setup_logging(smk)
-extract_archive(smk.input[0], smk.output[0], smk.params.max_bytes)
+# the cap is read from the config, not a parameter: raising it must not extract again
+extract_archive(smk.input[0], smk.output[0], smk.config["data"]["max_extract_bytes"])
