@@ -8,7 +8,7 @@ import torch
 
 from pipeline_lib.flows import CNFDynamics, FlowConfig, ODENet, SolverConfig, build_flow
 
-LAYER_TYPES = ["concat", "concatsquash"]
+LAYER_TYPES = ["mlp", "concat", "concatsquash"]
 ACTIVATIONS = ["tanh", "sigmoid", "softplus", "elu", "swish", "relu"]
 RK4 = SolverConfig(method="rk4", step_size=0.25)
 

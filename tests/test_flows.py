@@ -221,3 +221,35 @@ def test_rk4_fixed_grid_is_torchdiffeqs_rk4(T, reverse):
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-12, atol=1e-12)
     assert ours[2] == ref[2] == 4 * math.ceil(T / 0.25)
     assert block.sqrt_end_time.grad.abs() > 0
+
+
+def test_released_toy_models_have_the_papers_parameter_counts():
+    """Table S1 "Layers L / Hidden h" of the released code's mlp field: Linear(d, h),
+    (L - 2) x Linear(h, h), Linear(h, d), no time input."""
+    from pipeline_lib.flows import FlowConfig, build_flow
+
+    def count(hidden):
+        flow = build_flow(FlowConfig(dim=2, hidden_dims=hidden, layer_type="mlp"))
+        return sum(p.numel() for p in flow.parameters() if p.requires_grad)
+
+    assert count((128,)) == (2 * 128 + 128) + (128 * 2 + 2) == 642  # Gaussians, l2_h128
+    assert count((64, 64, 64)) == 192 + 2 * (64 * 64 + 64) + 130 == 8642  # l4_h64
+
+
+def test_mlp_field_ignores_time_and_equals_a_plain_mlp():
+    import torch
+    from torch import nn
+
+    from pipeline_lib.flows.odenet import ODENet
+
+    torch.manual_seed(0)
+    net = ODENet(2, (16, 8), "mlp", "sigmoid").double()
+    plain = nn.Sequential(
+        nn.Linear(2, 16), nn.Sigmoid(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 2)
+    ).double()
+    for src, dst in zip(net.layers, [plain[0], plain[2], plain[4]], strict=True):
+        dst.load_state_dict(src.linear.state_dict())
+    z = torch.randn(32, 2, dtype=torch.float64)
+    expected = plain(z)
+    for t in (0.0, 0.3, 1.0):
+        assert torch.allclose(net(torch.tensor(t, dtype=torch.float64), z), expected, atol=1e-14)

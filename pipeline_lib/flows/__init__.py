@@ -53,7 +53,8 @@ class FlowConfig:
         dim: data dimension.
         hidden_dims: hidden widths of each block's vector field.
         num_blocks: number of stacked CNF blocks.
-        layer_type: ``concat`` or ``concatsquash``.
+        layer_type: ``mlp`` (no time input, the released toy models), ``concat`` or
+            ``concatsquash`` (FFJORD).
         activation: see :data:`~pipeline_lib.flows.odenet.ACTIVATIONS`.
         T: integration time of each block; ``train_T`` makes it a parameter.
         trace: ``hutchinson`` (FFJORD, Table S1 "Divergence") or ``exact``.

@@ -1,10 +1,17 @@
-"""Vector fields f(z, t; θ) of a neural ODE: MLPs with time fed to every layer.
+"""Vector fields f(z, t; θ) of a neural ODE: MLPs, with or without time fed to every layer.
 
-Two layer types, as in FFJORD (Grathwohl et al., 2019, Appendix B.1; the layers used by the
-Sparse Flows experiments, §4.1–4.2):
+Three layer types:
 
-* ``concat``: ``W [t, z] + b``, time concatenated to the layer input;
-* ``concatsquash``: ``(W z + b) · σ(W_g t + b_g) + W_b t``, time gating and time bias.
+* ``mlp``: ``W z + b``, no time input (an autonomous field ``f(z)``). This is the model of
+  the released Sparse Flows code for the toy studies (torchprune
+  ``util/models/ffjord.py``, class ``Ffjord``: ``Linear(d, h), act, [Linear(h, h), act] ×
+  (L − 2), Linear(h, d)``, integrated by torchdyn's CNF, which calls ``net(x)``). Table S1's
+  "Layers L / Hidden h" is ``hidden_dims = [h] * (L − 1)``: Gaussians "2 / 128" is one hidden
+  layer of 128 (642 parameters for d = 2), "4 / 64" three of 64 (8,642).
+* ``concat``: ``W [t, z] + b``, time concatenated to the layer input (FFJORD, Grathwohl et
+  al., 2019, Appendix B.1);
+* ``concatsquash``: ``(W z + b) · σ(W_g t + b_g) + W_b t``, time gating and time bias (FFJORD;
+  the tabular and image models of Sparse Flows §4.2–4.3).
 
 The weights ``W`` are what Sparse Flows prunes (§3.2, Table 1). The time-gating layers of
 ``concatsquash`` carry ``prunable = False`` and the last layer of each network carries
@@ -38,6 +45,7 @@ __all__ = [
     "ACTIVATIONS",
     "ACTIVATION_DERIVATIVES",
     "LAYER_TYPES",
+    "AutonomousLinear",
     "ConcatLinear",
     "ConcatSquashLinear",
     "ODENet",
@@ -96,6 +104,21 @@ ACTIVATION_DERIVATIVES: dict[
 }
 
 
+class AutonomousLinear(nn.Module):
+    """``W z + b``: a linear layer that ignores time (the released code's ``mlp`` field)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def affine(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer as ``F.linear(z, weight, bias)``, the same at every time."""
+        return self.linear.weight, self.linear.bias
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z)
+
+
 class ConcatLinear(nn.Module):
     """``W [t, z] + b``: a linear layer whose input is the state with time prepended.
 
@@ -145,19 +168,21 @@ class ConcatSquashLinear(nn.Module):
 
 
 LAYER_TYPES: dict[str, type[nn.Module]] = {
+    "mlp": AutonomousLinear,
     "concat": ConcatLinear,
     "concatsquash": ConcatSquashLinear,
 }
 
 
 class ODENet(nn.Module):
-    """MLP vector field ``f(z, t)`` with time fed to every layer.
+    """MLP vector field ``f(z, t)``, with time fed to every layer (``concat``, ``concatsquash``)
+    or without time (``mlp``).
 
     Arguments:
         dim: state dimension d (input and output size).
         hidden_dims: widths of the hidden layers; ``len(hidden_dims)`` hidden layers and one
             output layer (Table S1 "Layers"/"Hidden Size", FFJORD Table 4 "hdim").
-        layer_type: ``"concat"`` or ``"concatsquash"``.
+        layer_type: ``"mlp"``, ``"concat"`` or ``"concatsquash"``.
         activation: one of :data:`ACTIVATIONS`; applied after every layer but the last.
     """
 
