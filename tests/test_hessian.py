@@ -357,3 +357,41 @@ def test_config_roundtrip_and_validation():
         HessianConfig(trace_samples=-1)
     with pytest.raises(ValueError, match="λ_max"):
         HessianConfig(power_iters=0, lanczos_runs=0)
+
+
+def test_default_kappa_excludes_the_null_space_of_a_pruned_flow():
+    """A pruned flow whose hidden unit 0 feeds only pruned weights: its incoming weights and
+    bias span an exact null space of the masked Hessian. With the default relative threshold,
+    κ and the positive-Ritz sum from full Lanczos equal those of the dense eigendecomposition
+    (to 1 %); with threshold 0 (the released definition) κ is a ratio with a rounding-level
+    Ritz value."""
+    from pipeline_lib.pruning import apply_masks
+
+    torch.manual_seed(3)
+    solver = SolverConfig(method="rk4", step_size=0.25)
+    cfg = FlowConfig(dim=2, hidden_dims=(4,), layer_type="mlp", solver=solver, trace="exact")
+    flow = build_flow(cfg).double()
+    out_layer = flow.blocks[0].dynamics.net.layers[-1].linear
+    out_layer.weight_mask[:, 0] = 0
+    apply_masks(flow)
+    x = torch.randn(32, 2, dtype=torch.float64) * 1.5
+    eigs = torch.linalg.eigvalsh(_dense_hessian(flow, x, "exact"))
+    scale = eigs.abs().max()
+    assert int((eigs.abs() < 1e-12 * scale).sum()) == 3  # two weights and a bias of unit 0
+    positive = eigs[eigs > 1e-8 * scale]
+    n = eigs.numel()
+    m = hessian_metrics(
+        flow,
+        x,
+        HessianConfig(num_points=None, power_iters=50, lanczos_steps=n + 5, trace_samples=0),
+    )
+    assert m["kappa"] == pytest.approx((eigs.max() / positive.min()).item(), rel=1e-2)
+    assert m["ritz_positive_sum"] == pytest.approx(positive.sum().item(), rel=1e-2)
+    released = hessian_metrics(
+        flow,
+        x,
+        HessianConfig(
+            num_points=None, power_iters=50, lanczos_steps=n + 5, trace_samples=0, positive_rtol=0
+        ),
+    )
+    assert released["kappa"] > 1e3 * m["kappa"]

@@ -30,14 +30,18 @@ w.r.t. the unpruned parameters, θ_k the Ritz values of one Lanczos run, ascendi
 * ``trace`` — Hutchinson's estimate (1/K) Σ_k v_kᵀ H v_k with masked Rademacher v_k, an
   unbiased estimate of tr(H_u) = Σ of the diagonal over the unpruned parameters;
   ``trace_stderr`` is the sample standard deviation over √K.
-* ``kappa`` — max θ_k / min{θ_k : θ_k > threshold} (threshold 0 by default): the condition
+* ``kappa`` — max θ_k / min{θ_k : θ_k > threshold}, where threshold = max(``positive_threshold``,
+  ``positive_rtol`` · max |θ_k|) (by default 10⁻⁸ of the largest Ritz value): the condition
   number from the *positive* Ritz values. This is the definition of the Hessian analysis
   released with Sparse Flows, which kept only the positive part of a PyHessian SLQ spectrum
   (the NLL Hessian of a flow that is not at an exact minimum need not be positive
   semi-definite). ``lambda_min_positive`` is that denominator, ``lambda_min`` = min θ_k the raw
   smallest Ritz value, ``n_negative_ritz`` the number of θ_k < −threshold, and
   ``ritz_positive_sum`` = Σ{θ_k > threshold}, the quantity that analysis reported as the trace.
-  With m Lanczos steps ≪ n, λ_min_positive is a quadrature node, not the smallest positive
+  The relative threshold excludes Ritz values at rounding level, which the null space of a
+  pruned flow's Hessian produces and which made κ meaningless with threshold 0 (10³⁴ where the
+  dense eigendecomposition gives a few hundred; any threshold from 10⁻¹⁰ λ_max up agrees with
+  it). With m Lanczos steps ≪ n, λ_min_positive is a quadrature node, not the smallest positive
   eigenvalue of H_u, so κ depends on m: compare flows at the same m. With ``lanczos_runs`` > 1
   these statistics are computed per run and averaged.
 
@@ -149,10 +153,11 @@ class HessianConfig:
         reuse_graph: build the gradient graph once and backpropagate through it for every HVP
             (fast); ``False`` recomputes solve and gradient per HVP (less memory, slower).
         positive_threshold: Ritz values above this count as positive for κ and
-            ``ritz_positive_sum``, below its negative as negative (0: the released definition).
-            A Hessian with an exact null space (e.g. weights that feed only pruned paths) has
-            Ritz values at rounding level around 0, which make κ meaningless unless this is set
-            above that level.
+            ``ritz_positive_sum``, below its negative as negative.
+        positive_rtol: the same, relative to the largest |Ritz value| of the run; the larger
+            of the two thresholds applies. A Hessian with an exact null space (e.g. weights
+            that feed only pruned paths) has Ritz values at rounding level around 0, which
+            make κ meaningless (the released analysis used 0); 10⁻⁸ excludes them.
         params: names (as in ``model.named_parameters()``) of the parameters to differentiate
             w.r.t.; ``None`` for all parameters that require grad.
     """
@@ -169,6 +174,7 @@ class HessianConfig:
     divergence: str | None = "exact"
     reuse_graph: bool = True
     positive_threshold: float = 0.0
+    positive_rtol: float = 1e-8
     params: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -185,6 +191,8 @@ class HessianConfig:
             raise ValueError(
                 f"hessian.divergence must be 'exact', 'hutchinson' or null; got {self.divergence!r}"
             )
+        if self.positive_threshold < 0 or self.positive_rtol < 0:
+            raise ValueError("hessian.positive_threshold and hessian.positive_rtol must be >= 0")
         if self.power_iters == 0 and self.lanczos_runs == 0:
             raise ValueError("set hessian.power_iters or hessian.lanczos_runs > 0 to get λ_max")
         if self.params is not None:
@@ -668,18 +676,22 @@ def lanczos(
 
 
 def ritz_statistics(
-    ritz_values: torch.Tensor | Sequence[float], positive_threshold: float = 0.0
+    ritz_values: torch.Tensor | Sequence[float],
+    positive_threshold: float = 0.0,
+    positive_rtol: float = 0.0,
 ) -> dict[str, float | int]:
     """λ_max, λ_min, κ and friends from one set of Ritz values (definitions: module docstring).
 
     Returns a dict with ``lambda_max`` (max θ), ``lambda_min`` (min θ), ``lambda_min_positive``
     (min θ > threshold; NaN if none), ``kappa`` = lambda_max / lambda_min_positive (NaN if no
     positive value), ``n_negative_ritz`` (#θ < −threshold), ``ritz_positive_sum``
-    (Σ θ > threshold) and ``n_ritz``. Ritz values within ±threshold of 0 count as zero.
+    (Σ θ > threshold) and ``n_ritz``. Ritz values within ±threshold of 0 count as zero, where
+    threshold = max(positive_threshold, positive_rtol · max |θ|).
     """
     theta = torch.as_tensor(ritz_values, dtype=torch.float64).reshape(-1)
     if theta.numel() == 0:
         raise ValueError("no Ritz values given")
+    positive_threshold = max(positive_threshold, positive_rtol * float(theta.abs().max()))
     positive = theta[theta > positive_threshold]
     lam_max = float(theta.max())
     lam_min_pos = float(positive.min()) if positive.numel() else math.nan
@@ -788,7 +800,9 @@ def hessian_metrics(
             result, n_k, s_k = _timed(
                 op, lambda k=k: lanczos(op, cfg.lanczos_steps, _generator(cfg.seed + 3 + k))
             )
-            runs.append(ritz_statistics(result.ritz_values, cfg.positive_threshold))
+            runs.append(
+                ritz_statistics(result.ritz_values, cfg.positive_threshold, cfg.positive_rtol)
+            )
             n_lanczos, s_lanczos = n_lanczos + n_k, s_lanczos + s_k
 
         def mean(key: str) -> float:
