@@ -6,8 +6,9 @@ methods of Table 1:
 * **unstructured** (Han et al., 2015): target = weights, score = :math:`|W_{ij}|`,
   scope = global over all prunable layers (:func:`prune_unstructured`);
 * **structured** (Li et al., 2016): target = neurons (rows of a linear layer) or output
-  filters (of a convolution), score = :math:`\\|W_{i:}\\|_1`, scope = local, the same keep
-  ratio in every layer (:func:`prune_structured`).
+  filters (of a convolution), score = :math:`\\|W_{i:}\\|_1`, scope = local, the same
+  fraction of live neurons kept in every layer, solved to meet the round's parameter budget
+  (:func:`prune_structured`).
 
 Both are iterative (Sparse Flows §3.2): each call only removes weights that are still alive,
 so masks are monotone and the overall keep ratio after ``n`` rounds of a relative prune
@@ -18,11 +19,14 @@ training code; :class:`EarlyStopping` implements the loop condition of Algorithm
 **What is prunable.** The ``weight`` of every :class:`~torch.nn.Linear` and convolution
 module of the vector field, unless the module carries ``prunable = False`` (the
 concatsquash time-gating layers ``hyper_gate``/``hyper_bias`` of FFJORD set this, so the
-time conditioning stays dense). Biases are never scored and never removed by unstructured
-pruning; structured pruning removes the bias entry of a pruned neuron together with its
-row, so that the neuron really disappears. Modules with ``is_output_layer = True`` are the
-output layers of the vector fields: structured pruning never removes their rows, since
-that would remove output dimensions of the dynamics.
+time conditioning is never scored). Biases are never scored. Unstructured pruning keeps a
+fraction of the prunable weights. Structured pruning follows the released code
+(:func:`prune_structured`): its keep ratio is a budget over *all* parameters, a removed
+neuron loses its weight row and the input columns it feeds in the next layer (the output
+layer's included) but keeps its bias (for concatsquash its time path is zeroed too).
+Modules with ``is_output_layer = True`` are the output layers of the vector fields:
+structured pruning never removes their rows, since that would remove output dimensions of
+the dynamics.
 
 **How masks are stored and applied.** Each prunable module holds a ``weight_mask`` buffer
 (same shape and dtype as its weight, entries 0/1) and, when it has a bias, a
@@ -275,53 +279,222 @@ def _row_dim(module: nn.Module) -> int:
     return 0
 
 
+@dataclass(eq=False)
+class _NeuronLayer:
+    """A prunable layer whose rows (output units) are neurons, as structured pruning sees it.
+
+    ``time``: the concatsquash time path of the same neurons (``hyper_gate``, ``hyper_bias``),
+    zeroed with a removed neuron. ``feeds``: the layer that takes this one's outputs as its
+    input columns ``offset + j`` (``offset`` = 1 for ``concat``'s time column), if known.
+    """
+
+    module: nn.Module
+    output: bool
+    time: tuple[nn.Module, ...] = ()
+    feeds: _NeuronLayer | None = None
+    offset: int = 0
+
+    @property
+    def dim(self) -> int:
+        return _row_dim(self.module)
+
+    def rows_alive(self) -> torch.Tensor:
+        mask = getattr(self.module, WEIGHT_MASK).movedim(self.dim, 0)
+        return mask.reshape(mask.shape[0], -1).ne(0).any(dim=1).cpu()
+
+    def scores(self) -> torch.Tensor:
+        """ℓ1 norm of every row over its live inputs (pruned inputs are zeros)."""
+        w = (self.module.weight.detach() * getattr(self.module, WEIGHT_MASK)).movedim(self.dim, 0)
+        return w.reshape(w.shape[0], -1).abs().sum(dim=1).cpu().double()
+
+
+def _neuron_layers(model: nn.Module) -> list[_NeuronLayer]:
+    """The prunable layers of ``model`` in forward order where it is known: the vector fields'
+    ``layers`` (each with a ``linear``, and concatsquash's time path) and ``nn.Sequential``
+    stacks of ``nn.Linear``; every other prunable layer stands alone (no column propagation)."""
+    out: list[_NeuronLayer] = []
+    seen: set[int] = set()
+    prunable = {id(m) for _, m in prunable_layers(model)}
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList) and all(
+            isinstance(getattr(layer, "linear", None), nn.Linear) for layer in layers
+        ):
+            chain = [
+                (
+                    layer.linear,
+                    tuple(
+                        m
+                        for m in (
+                            getattr(layer, "hyper_gate", None),
+                            getattr(layer, "hyper_bias", None),
+                        )
+                        if m is not None
+                    ),
+                )
+                for layer in layers
+            ]
+        elif isinstance(module, nn.Sequential):
+            chain = [(m, ()) for m in module if isinstance(m, nn.Linear)]
+        else:
+            continue
+        previous = None
+        for linear, time in chain:
+            if id(linear) in seen or id(linear) not in prunable:
+                previous = None
+                continue
+            layer = _NeuronLayer(linear, bool(getattr(linear, "is_output_layer", False)), time)
+            if previous is not None:
+                previous.feeds = layer
+                layer.offset = linear.in_features - previous.module.out_features
+            out.append(layer)
+            seen.add(id(linear))
+            previous = layer
+    for _, module in prunable_layers(model):
+        if id(module) not in seen:
+            out.append(_NeuronLayer(module, bool(getattr(module, "is_output_layer", False))))
+    return out
+
+
+def _structured_state(
+    layers: list[_NeuronLayer], rows: dict[int, torch.Tensor]
+) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """New (weight mask, bias mask) of every layer when only ``rows`` (per layer index) stay:
+    removed rows are masked, and so are the input columns they feed."""
+    feeds_from = {id(layer.feeds): i for i, layer in enumerate(layers) if layer.feeds is not None}
+    state = {}
+    for i, layer in enumerate(layers):
+        module = layer.module
+        weight_mask = getattr(module, WEIGHT_MASK).clone()
+        view = weight_mask.movedim(layer.dim, 0)
+        view[~rows[i].to(view.device)] = 0
+        src = feeds_from.get(id(layer))
+        if src is not None:
+            dead = torch.nonzero(~rows[src]).squeeze(1).to(weight_mask.device) + layer.offset
+            weight_mask[:, dead] = 0
+        bias_mask = getattr(module, BIAS_MASK, None)
+        if bias_mask is not None and layer.time:  # concatsquash: the bias is on the time path
+            bias_mask = bias_mask.clone()
+            bias_mask[~rows[i].to(bias_mask.device)] = 0
+        state[i] = (weight_mask, bias_mask)
+    return state
+
+
+def _nonzero_after(
+    model_nonzero: int,
+    layers: list[_NeuronLayer],
+    rows: dict[int, torch.Tensor],
+) -> int:
+    """Nonzero parameters of the model if only ``rows`` stayed (without changing it)."""
+    state = _structured_state(layers, rows)
+    count = model_nonzero
+    for i, layer in enumerate(layers):
+        module = layer.module
+        weight_mask, bias_mask = state[i]
+        count -= int(torch.count_nonzero(module.weight))
+        count += int(torch.count_nonzero(module.weight * weight_mask))
+        if bias_mask is not None and module.bias is not None:
+            count -= int(torch.count_nonzero(module.bias))
+            count += int(torch.count_nonzero(module.bias * bias_mask))
+        dead = ~rows[i]
+        for time_module in layer.time:
+            for param in (time_module.weight, getattr(time_module, "bias", None)):
+                if param is not None:
+                    count -= int(torch.count_nonzero(param[dead.to(param.device)]))
+    return count
+
+
+def _rows_for_fraction(
+    layers: list[_NeuronLayer],
+    alive: dict[int, torch.Tensor],
+    scores: dict[int, torch.Tensor],
+    fraction: float,
+) -> dict[int, torch.Tensor]:
+    """Keep ``max(1, round(fraction · live))`` of the live neurons of every layer but the
+    output layers, the highest ℓ1 scores (ties: the higher index is pruned last)."""
+    rows = {}
+    for i, layer in enumerate(layers):
+        keep_rows = alive[i].clone()
+        n_alive = int(alive[i].sum())
+        n_keep = max(1, round(fraction * n_alive))
+        if not layer.output and n_keep < n_alive:
+            alive_idx = torch.nonzero(alive[i]).squeeze(1)
+            pruned = alive_idx[_stable_smallest(scores[i][alive_idx], n_alive - n_keep)]
+            keep_rows[pruned] = False
+        rows[i] = keep_rows
+    return rows
+
+
 @torch.no_grad()
 def prune_structured(model: nn.Module, keep: float) -> None:
-    """Local ℓ1 pruning of neurons/filters (Sparse Flows, Table 1, right column).
+    """Local ℓ1 pruning of neurons/filters with the released code's semantics (Sparse Flows,
+    Table 1, right column; torchprune ``FilterThresNet`` with ``FilterUniAllocator``).
 
-    Target: neurons (rows of a linear layer, i.e. output units) or output filters of a
-    convolution; score: :math:`\\|W_{i:}\\|_1` over the whole masked row/filter; scope:
-    local, the same keep ratio in every layer (Li et al., 2016). In every prunable layer
-    except output layers (``is_output_layer = True``), ``max(1, round(keep * n_rows))``
-    rows are kept, pruning the lowest-ℓ1 rows among those still alive (ties: lower row
-    index first). A pruned row is removed completely: its whole ``weight_mask`` row and
-    its ``bias_mask`` entry are set to 0 and the masks are applied immediately.
+    **Budget.** ``keep`` is the overall density of *all* parameters after the round (nonzero /
+    total, biases and time-gating layers included), as the released code measures it: the
+    round may keep ``round(keep · total)`` nonzero parameters.
+
+    **Which neurons.** Target: neurons (rows of a linear layer) or output filters of a
+    convolution, never the rows of an output layer (``is_output_layer``); score: the ℓ1 norm of
+    the row over its live inputs (Li et al., 2016); scope: local, the same fraction f of the
+    live neurons kept in every layer (``max(1, round(f · live))``, lowest scores pruned, ties:
+    lower index first). f is solved by bisection so that the network meets the budget, then
+    single neurons (highest score first, one layer after another) are given back while the
+    budget holds, so the result is below the budget by less than one neuron's parameters
+    (unless one neuron per layer already exceeds it).
+
+    **Removal.** A removed neuron's weight row is masked; its bias stays (the released code
+    keeps it, so it counts as a nonzero parameter), and the input column(s) it feeds in the
+    next layer are masked, the output layer's included (the released code zeroes the weights
+    of inputs that are constant over the data, which a neuron without weights is). The
+    network is then the same function as one built without those neurons. For
+    ``concatsquash`` the neuron's time path is zeroed as well: its bias (masked) and its rows
+    of ``hyper_gate`` and ``hyper_bias`` (set to zero once; they get no gradient afterwards,
+    since the neuron feeds nothing). Layers whose successor is not known (convolutions) lose
+    rows only. Masks are monotone and applied immediately.
 
     Arguments:
         model: the model (masks are attached if missing).
-        keep: fraction of neurons/filters to keep per layer, e.g. :math:`(1 - PR)^r`.
-            Layers already at or below that count are left unchanged.
+        keep: overall keep ratio of all parameters after this round, e.g. :math:`(1 - PR)^r`.
     """
     keep = _check_keep(keep)
-    for _, module in _require_prunable(model):
-        if getattr(module, "is_output_layer", False):
-            continue
-        dim = _row_dim(module)
-        weight_mask = getattr(module, WEIGHT_MASK)
-        rows_mask = weight_mask.movedim(dim, 0)  # view: writes go to the buffer
-        n_rows = rows_mask.shape[0]
-        n_keep = max(1, round(keep * n_rows))
-
-        alive = rows_mask.reshape(n_rows, -1).ne(0).any(dim=1).cpu()
-        n_alive = int(alive.sum())
-        if n_keep >= n_alive:
-            continue
-        scores = (
-            (module.weight.detach() * weight_mask)
-            .movedim(dim, 0)
-            .reshape(n_rows, -1)
-            .abs()
-            .sum(dim=1)
-            .cpu()
-            .double()
-        )
-        alive_idx = torch.nonzero(alive).squeeze(1)
-        pruned = alive_idx[_stable_smallest(scores[alive_idx], n_alive - n_keep)]
-        pruned = pruned.to(weight_mask.device)
-        rows_mask[pruned] = 0
-        bias_mask = getattr(module, BIAS_MASK, None)
+    _require_prunable(model)
+    layers = _neuron_layers(model)
+    total, nonzero = count_parameters(model)
+    budget = round(keep * total)
+    alive = {i: layer.rows_alive() for i, layer in enumerate(layers)}
+    scores = {i: layer.scores() for i, layer in enumerate(layers)}
+    if _nonzero_after(nonzero, layers, alive) <= budget:
+        return
+    lo, hi = 0.0, 1.0
+    if _nonzero_after(nonzero, layers, _rows_for_fraction(layers, alive, scores, lo)) < budget:
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            rows = _rows_for_fraction(layers, alive, scores, mid)
+            if _nonzero_after(nonzero, layers, rows) <= budget:
+                lo = mid
+            else:
+                hi = mid
+    rows = _rows_for_fraction(layers, alive, scores, lo)
+    more = _rows_for_fraction(layers, alive, scores, hi)
+    candidates = sorted(
+        ((i, int(j)) for i in rows for j in torch.nonzero(more[i] & ~rows[i]).squeeze(1)),
+        key=lambda ij: (-float(scores[ij[0]][ij[1]]), ij[0], ij[1]),
+    )
+    for i, j in candidates:
+        rows[i][j] = True
+        if _nonzero_after(nonzero, layers, rows) > budget:
+            rows[i][j] = False
+    for i, (weight_mask, bias_mask) in _structured_state(layers, rows).items():
+        module = layers[i].module
+        getattr(module, WEIGHT_MASK).copy_(weight_mask)
         if bias_mask is not None:
-            bias_mask[pruned] = 0
+            getattr(module, BIAS_MASK).copy_(bias_mask)
+        dead = ~rows[i]
+        for time_module in layers[i].time:
+            for param in (time_module.weight, getattr(time_module, "bias", None)):
+                if param is not None:
+                    param[dead.to(param.device)] = 0
     apply_masks(model)
 
 

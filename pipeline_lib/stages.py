@@ -203,6 +203,8 @@ def train_round(
         **base,
         "keep": keep,
         "prune_ratio": row.prune_ratio,
+        "prune_ratio_nominal": 1.0 - keep,
+        "prune_ratio_params": 1.0 - row.params_nonzero / row.params_total,
         "params_total": row.params_total,
         "params_nonzero": row.params_nonzero,
         "val_nll": row.val_nll,

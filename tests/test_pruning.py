@@ -187,55 +187,49 @@ def test_unstructured_ties_are_deterministic_and_exact():
 # ------------------------------------------------------------------------------ structured
 
 
+def _dead_rows(module: nn.Module) -> set[int]:
+    return set(torch.nonzero((module.weight_mask == 0).all(dim=1)).squeeze(1).tolist())
+
+
 @pytest.mark.parametrize("keep", [0.75, 0.5, 0.01])
-def test_structured_prunes_lowest_l1_rows_per_layer(keep):
+def test_structured_prunes_lowest_l1_rows_and_meets_the_budget(keep):
     model = _field(hidden=8, hidden2=6)
     out_weight = model.out.weight.detach().clone()
-    out_bias = model.out.bias.detach().clone()
-    expected = {}
-    for name, m in prunable_layers(model):
-        l1 = m.weight.detach().abs().sum(dim=1).numpy()
-        n_pruned = len(l1) - max(1, round(keep * len(l1)))
-        expected[name] = set(np.argsort(l1, kind="stable")[:n_pruned].tolist())
+    scores = {n: m.weight.detach().abs().sum(dim=1) for n, m in prunable_layers(model)}
+    biases = {n: m.bias.detach().clone() for n, m in prunable_layers(model)}
+    total = count_parameters(model)[0]
 
     prune_structured(model, keep)
 
+    nonzero = count_parameters(model)[1]
     for name, m in prunable_layers(model):
-        if name == "out":
-            assert torch.equal(m.weight, out_weight) and torch.equal(m.bias, out_bias)
-            assert bool((m.weight_mask == 1).all()) and bool((m.bias_mask == 1).all())
+        if name == "out":  # never pruned; _Field's layers are not a known chain: no columns
+            assert torch.equal(m.weight, out_weight) and bool((m.weight_mask == 1).all())
             continue
-        dead_rows = set(torch.nonzero((m.weight_mask == 0).all(dim=1)).squeeze(1).tolist())
-        assert dead_rows == expected[name]
-        alive_rows = sorted(set(range(m.weight.shape[0])) - dead_rows)
-        assert bool((m.weight_mask[alive_rows] == 1).all())
-        for row in dead_rows:
+        dead = _dead_rows(m)
+        alive = sorted(set(range(m.weight.shape[0])) - dead)
+        assert alive, "at least one neuron per layer stays"
+        if dead:  # the removed rows are the lowest-l1 ones of their layer
+            assert max(scores[name][list(dead)]) <= min(scores[name][alive])
+        for row in dead:
             assert bool((m.weight[row] == 0).all())
-            assert m.bias[row] == 0 and m.bias_mask[row] == 0
-        assert bool((m.bias[alive_rows] != 0).all())
+        assert torch.equal(m.bias, biases[name])  # biases stay, as in the released code
+    minimum = all(len(_dead_rows(m)) == m.weight.shape[0] - 1 for n, m in prunable_layers(model)
+                  if n != "out")  # fmt: skip
+    budget = round(keep * total)
+    assert nonzero <= budget or minimum
     assert bool((model.l1.hyper_gate.weight != 0).all())
 
 
 def test_structured_iterative_uses_masked_weights_and_alive_rows():
     model = _field(hidden=8, hidden2=6)
-    prune_structured(model, 0.5)
-    dead_before = (model.l2.weight_mask == 0).all(dim=1)
+    prune_structured(model, 0.6)
+    dead_before = _dead_rows(model.l2)
     with torch.no_grad():  # pruned rows regrow large without masking: must stay pruned
-        model.l2.weight[dead_before] = 50.0
-        model.l2.weight[~dead_before] += 0.3 * torch.randn_like(model.l2.weight[~dead_before])
-    l1 = (model.l2.weight * model.l2.weight_mask).detach().abs().sum(dim=1).numpy()
-    alive = np.flatnonzero(~dead_before.numpy())
-    n_keep = max(1, round(0.25 * 6))
-    order = alive[np.argsort(l1[alive], kind="stable")]
-    expected = set(np.flatnonzero(dead_before.numpy()).tolist()) | set(
-        order[: len(alive) - n_keep].tolist()
-    )
-
-    prune_structured(model, 0.25)
-
-    dead_after = set(torch.nonzero((model.l2.weight_mask == 0).all(dim=1)).squeeze(1).tolist())
-    assert dead_after == expected
-    assert int((model.l1.layer.weight_mask == 0).all(dim=1).sum()) == 8 - 2
+        model.l2.weight[list(dead_before)] = 50.0
+    prune_structured(model, 0.4)
+    assert dead_before <= _dead_rows(model.l2)
+    assert bool((model.l2.weight[list(dead_before)] == 0).all())
 
 
 def test_structured_conv_filters():
@@ -243,13 +237,85 @@ def test_structured_conv_filters():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1))
     model[1].is_output_layer = True
     l1 = model[0].weight.detach().abs().sum(dim=(1, 2, 3)).numpy()
-    expected = set(np.argsort(l1, kind="stable")[:5].tolist())  # keep round(0.4 * 8) = 3
+    # 260 parameters; keep 0.4 -> 104: 8 biases + 36 of the output layer + 2 filters of 27
+    expected = set(np.argsort(l1, kind="stable")[:6].tolist())
     prune(model, "structured", 0.4)
     dead = (model[0].weight_mask == 0).flatten(1).all(dim=1)
     assert set(torch.nonzero(dead).squeeze(1).tolist()) == expected
-    assert bool((model[0].bias[dead] == 0).all())
+    assert count_parameters(model)[1] == 2 * 27 + 8 + 36
     assert bool((model[1].weight_mask == 1).all())
     assert model(torch.randn(1, 3, 6, 6)).shape == (1, 4, 4, 4)
+
+
+def _mlp_flow(hidden, seed=0, layer_type="mlp"):
+    from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
+
+    torch.manual_seed(seed)
+    solver = SolverConfig(method="dopri5", rtol=1e-8, atol=1e-8)
+    cfg = FlowConfig(dim=2, hidden_dims=hidden, layer_type=layer_type, activation="sigmoid",
+                     trace="exact", solver=solver)  # fmt: skip
+    return build_flow(cfg).double()
+
+
+def test_structured_pruned_flow_equals_a_physically_smaller_network():
+    """Removing neurons = deleting them: the masked flow gives the same log-densities and NFE
+    as a flow built with only the surviving neurons (their rows, biases and input columns)."""
+    flow = _mlp_flow((16, 12))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    prune_structured(flow, 0.45)
+    layers = [layer.linear for layer in flow.blocks[0].dynamics.net.layers]
+    rows = [(m.weight_mask != 0).any(dim=1) for m in layers]
+    assert 0 < int(rows[0].sum()) < 16 and 0 < int(rows[1].sum()) < 12
+    small = _mlp_flow((int(rows[0].sum()), int(rows[1].sum())))
+    cols = [torch.ones(2, dtype=torch.bool), rows[0], rows[1]]
+    with torch.no_grad():
+        for big, little, r, c in zip(
+            layers, small.blocks[0].dynamics.net.layers, rows, cols, strict=True
+        ):
+            little.linear.weight.copy_(big.weight[r][:, c])
+            little.linear.bias.copy_(big.bias[r])
+    x = torch.randn(64, 2, dtype=torch.float64)
+    a, b = flow(x), small(x)
+    assert torch.allclose(a.log_prob, b.log_prob, atol=1e-12, rtol=0)
+    assert a.nfe == b.nfe
+    # the removed neurons' input columns are masked in the next layer, the output layer's too
+    assert bool((layers[2].weight_mask[:, ~rows[1]] == 0).all())
+    assert bool((layers[1].weight_mask[:, ~rows[0]] == 0).all())
+
+
+@pytest.mark.parametrize("hidden", [(128,), (64, 64, 64)])
+def test_structured_rounds_meet_their_budget_within_one_neuron(hidden):
+    """Table S1's released models over the paper's toy schedule: every round's nonzero count
+    is at most round(keep · total) and below it by less than one neuron's parameters (a row,
+    its bias and its column in the next layer), or at one neuron per layer."""
+    flow = _mlp_flow(hidden)
+    layers = [layer.linear for layer in flow.blocks[0].dynamics.net.layers]
+    total = count_parameters(flow)[0]
+    one_neuron = max(
+        m.in_features + 1 + n.out_features for m, n in zip(layers, layers[1:], strict=False)
+    )
+    for keep in paper_toy_keep_schedule():
+        prune_structured(flow, keep)
+        nonzero = count_parameters(flow)[1]
+        live = [int((m.weight_mask != 0).any(dim=1).sum()) for m in layers[:-1]]
+        budget = round(keep * total)
+        if all(n == 1 for n in live):
+            assert nonzero >= budget - one_neuron
+            continue
+        assert budget - one_neuron < nonzero <= budget, (keep, nonzero, budget)
+
+
+def test_structured_removes_the_concatsquash_time_path():
+    flow = _mlp_flow((8,), layer_type="concatsquash")
+    prune_structured(flow, 0.5)
+    first = flow.blocks[0].dynamics.net.layers[0]
+    dead = (first.linear.weight_mask == 0).all(dim=1)
+    assert bool(dead.any())
+    assert bool((first.linear.bias[dead] == 0).all())
+    assert bool((first.hyper_gate.weight[dead] == 0).all())
+    assert bool((first.hyper_bias.weight[dead] == 0).all())
 
 
 def test_invalid_arguments_raise():

@@ -91,6 +91,8 @@ def expected(datasets: int, seeds: int, methods: int, rounds: int) -> dict[str, 
         ("config/paper/ablation.yaml", 25, 3, None),
         ("config/paper/gaussians.yaml", 1, 1, None),
         ("config/paper/gaussians_rnode.yaml", 1, 1, None),
+        ("config/paper/gaussians_l4h64.yaml", 1, 1, None),
+        ("config/paper/gaussians_concatsquash.yaml", 1, 1, None),
     ],
 )
 def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):

@@ -27,6 +27,7 @@ __all__ = [
     "aggregate_experiment",
     "concat_summaries",
     "check_record",
+    "prune_ratio_axis",
     "with_relative_metrics",
 ]
 
@@ -37,6 +38,8 @@ SUMMARY_COLUMNS = [
     "seed",
     "round",
     "prune_ratio",
+    "prune_ratio_nominal",
+    "prune_ratio_params",
     "params_total",
     "params_nonzero",
     "val_nll",
@@ -183,6 +186,16 @@ def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFra
     df = pd.concat([read_parquet(f) for f in files], ignore_index=True)
     write_parquet(df, out)
     return df
+
+
+def prune_ratio_axis(df: pd.DataFrame, kind: str) -> pd.Series:
+    """The prune ratio a table or figure puts on its axis: ``nominal`` (1 − keep, the paper's
+    tables) or ``measured`` (1 − nonzero / total over all parameters, the paper's Fig. 4);
+    summaries written before these columns existed give ``prune_ratio`` for both."""
+    column = {"nominal": "prune_ratio_nominal", "measured": "prune_ratio_params"}[kind]
+    if column in df and df[column].notna().all():
+        return df[column]
+    return df["prune_ratio"]
 
 
 def with_relative_metrics(df: pd.DataFrame, metrics=("lambda_max", "hessian_trace", "kappa")):

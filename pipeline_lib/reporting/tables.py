@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline_lib.io import read_parquet
 from pipeline_lib.reporting.published import published_metric_curve, published_nll_curve
-from pipeline_lib.reporting.summary import with_relative_metrics
+from pipeline_lib.reporting.summary import prune_ratio_axis, with_relative_metrics
 
 __all__ = [
     "good_samples_table",
@@ -53,15 +53,20 @@ def nll_table(
     df = summary[summary["dataset"] == dataset]
     if df.empty:
         raise ValueError(f"no results for dataset {dataset!r} in the summary")
+    # the paper's tables are on the nominal prune ratio; the measured one is shown beside it
+    df = df.assign(
+        pr_axis=prune_ratio_axis(df, "nominal"), pr_measured=prune_ratio_axis(df, "measured")
+    )
     published = published_nll_curve(published_dir, dataset) if published_dir else None
     rows = []
     for (experiment, rnd), g in df.groupby(["experiment", "round"], sort=True):
         # One prune ratio per row, as in Tables S4–S10 (the methods' achieved ratios differ by
         # a fraction of a percent: structured pruning removes whole neurons).
-        row = {"experiment": experiment, "round": int(rnd), "prune_ratio": g["prune_ratio"].mean()}
+        row = {"experiment": experiment, "round": int(rnd), "prune_ratio": g["pr_axis"].mean()}
         for method in ("unstructured", "structured"):
             m = g[g["method"] == method]
-            row[f"prune_ratio_{method}"] = m["prune_ratio"].mean() if len(m) else math.nan
+            row[f"prune_ratio_{method}"] = m["pr_axis"].mean() if len(m) else math.nan
+            row[f"measured_{method}"] = m["pr_measured"].mean() if len(m) else math.nan
             row[f"params_{method}"] = m["params_nonzero"].mean() if len(m) else math.nan
             row[f"nll_{method}"] = mean_std(m["test_nll"])
             row[f"nll_{method}_mean"] = m["test_nll"].mean() if len(m) else math.nan
@@ -84,10 +89,12 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         "experiment": "experiment",
         "round": "round",
         "prune_ratio": "prune ratio",
+        "measured_unstructured": "measured PR (unstr.)",
         "params_unstructured": "#params (unstr.)",
         "nll_unstructured": "NLL unstructured",
         "paper_unstructured": "paper (unstr.)",
         "diff_unstructured": "Δ (unstr.)",
+        "measured_structured": "measured PR (str.)",
         "params_structured": "#params (str.)",
         "nll_structured": "NLL structured",
         "paper_structured": "paper (str.)",
@@ -103,8 +110,9 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     ]
     keep = [c for c in cols if c in table.columns and not any(c.endswith(f"_{m}") for m in absent)]
     shown = table[keep].rename(columns=cols).copy()
-    if "prune ratio" in shown:
-        shown["prune ratio"] = shown["prune ratio"].map(lambda v: f"{100 * v:.0f}%")
+    for c in shown.columns:
+        if c == "prune ratio" or c.startswith("measured PR"):
+            shown[c] = shown[c].map(lambda v: "—" if pd.isna(v) else f"{100 * v:.0f}%")
     for c in shown.columns:
         if c.startswith("#params"):
             fmt = "{:,.0f}"
@@ -161,8 +169,8 @@ def _nearest_published(pub: pd.DataFrame, pr: float, column: str) -> float:
 def _per_round(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Mean, std and seed count per (experiment, dataset, method, round)."""
     keys = ["experiment", "dataset", "method", "round"]
-    g = df.groupby(keys)
-    out = g["prune_ratio"].mean().to_frame("prune_ratio")
+    g = df.assign(pr_axis=prune_ratio_axis(df, "nominal")).groupby(keys)
+    out = g["pr_axis"].mean().to_frame("prune_ratio")  # nominal, as the paper's tables
     out["seeds"] = g["seed"].nunique()
     for c in columns:
         out[f"{c}_mean"] = g[c].mean()
