@@ -58,6 +58,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -83,6 +84,8 @@ __all__ = [
     "prune_structured",
     "prune_unstructured",
 ]
+
+log = logging.getLogger("sparseflows.pruning")
 
 PruneMethod = Literal["unstructured", "structured"]
 
@@ -467,24 +470,37 @@ def prune_structured(model: nn.Module, keep: float) -> None:
     if _nonzero_after(nonzero, layers, alive) <= budget:
         return
     lo, hi = 0.0, 1.0
-    if _nonzero_after(nonzero, layers, _rows_for_fraction(layers, alive, scores, lo)) < budget:
+    floor = _nonzero_after(nonzero, layers, _rows_for_fraction(layers, alive, scores, lo))
+    rows = _rows_for_fraction(layers, alive, scores, lo)
+    if floor > budget:
+        log.warning(
+            "structured pruning cannot meet the budget of %d of %d parameters (keep %.4f): one "
+            "neuron per layer keeps %d (the removed neurons' biases stay); pruned to that",
+            budget,
+            total,
+            keep,
+            floor,
+        )
+    elif floor < budget:
         for _ in range(40):
             mid = 0.5 * (lo + hi)
-            rows = _rows_for_fraction(layers, alive, scores, mid)
-            if _nonzero_after(nonzero, layers, rows) <= budget:
+            if (
+                _nonzero_after(nonzero, layers, _rows_for_fraction(layers, alive, scores, mid))
+                <= budget
+            ):
                 lo = mid
             else:
                 hi = mid
-    rows = _rows_for_fraction(layers, alive, scores, lo)
-    more = _rows_for_fraction(layers, alive, scores, hi)
-    candidates = sorted(
-        ((i, int(j)) for i in rows for j in torch.nonzero(more[i] & ~rows[i]).squeeze(1)),
-        key=lambda ij: (-float(scores[ij[0]][ij[1]]), ij[0], ij[1]),
-    )
-    for i, j in candidates:
-        rows[i][j] = True
-        if _nonzero_after(nonzero, layers, rows) > budget:
-            rows[i][j] = False
+        rows = _rows_for_fraction(layers, alive, scores, lo)
+        more = _rows_for_fraction(layers, alive, scores, hi)
+        candidates = sorted(
+            ((i, int(j)) for i in rows for j in torch.nonzero(more[i] & ~rows[i]).squeeze(1)),
+            key=lambda ij: (-float(scores[ij[0]][ij[1]]), ij[0], ij[1]),
+        )
+        for i, j in candidates:
+            rows[i][j] = True
+            if _nonzero_after(nonzero, layers, rows) > budget:
+                rows[i][j] = False
     for i, (weight_mask, bias_mask) in _structured_state(layers, rows).items():
         module = layers[i].module
         getattr(module, WEIGHT_MASK).copy_(weight_mask)

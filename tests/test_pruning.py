@@ -471,3 +471,29 @@ def test_early_stopping_state_roundtrip():
     assert restored.update(0.97) is True and stopper.update(0.97) is True
     with pytest.raises(ValueError, match="unknown EarlyStopping state keys"):
         EarlyStopping.from_dict({"patience": 1, "bogus": 3})
+
+
+def test_structured_stops_at_one_neuron_per_layer_and_says_so(caplog):
+    """The released Gaussians model keeps its 128 biases: one neuron keeps 2 + 2 weights,
+    all biases and the output bias, 134 of 642 parameters (79 % measured)."""
+    flow = _mlp_flow((128,))
+    with caplog.at_level("WARNING", logger="sparseflows.pruning"):
+        prune_structured(flow, 0.02)
+    assert count_parameters(flow) == (642, 134)
+    assert "cannot meet the budget of 13 of 642 parameters" in caplog.text
+
+
+def test_removed_concatsquash_time_path_stays_zero_while_retraining():
+    from pipeline_lib.training import TrainConfig, train
+
+    flow = _mlp_flow((8,), layer_type="concatsquash").float()
+    prune_structured(flow, 0.5)
+    first = flow.blocks[0].dynamics.net.layers[0]
+    dead = (first.linear.weight_mask == 0).all(dim=1)
+    x = torch.randn(256, 2)
+    cfg = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=1e-2, epochs=2, batch_size=64,
+                      grad_clip=1.0, divergence_nats=None)  # fmt: skip
+    train(flow, x, x[:64], cfg)
+    for param in (first.linear.bias, first.hyper_gate.weight, first.hyper_gate.bias,
+                  first.hyper_bias.weight):  # fmt: skip
+        assert bool((param[dead] == 0).all())

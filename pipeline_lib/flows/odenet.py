@@ -142,7 +142,8 @@ class ConcatLinear(nn.Module):
 class ConcatSquashLinear(nn.Module):
     """``(W z + b) · σ(W_g t + b_g) + W_b t`` (FFJORD's concatsquash layer).
 
-    ``hyper_gate`` and ``hyper_bias`` act on time only; they stay dense under pruning.
+    ``hyper_gate`` and ``hyper_bias`` act on time only; pruning never scores them (structured
+    pruning zeroes a removed neuron's rows of them).
     """
 
     def __init__(self, dim_in: int, dim_out: int) -> None:

@@ -191,11 +191,11 @@ def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFra
 def prune_ratio_axis(df: pd.DataFrame, kind: str) -> pd.Series:
     """The prune ratio a table or figure puts on its axis: ``nominal`` (1 − keep, the paper's
     tables) or ``measured`` (1 − nonzero / total over all parameters, the paper's Fig. 4);
-    summaries written before these columns existed give ``prune_ratio`` for both."""
+    rows written before these columns existed give ``prune_ratio`` for both."""
     column = {"nominal": "prune_ratio_nominal", "measured": "prune_ratio_params"}[kind]
-    if column in df and df[column].notna().all():
-        return df[column]
-    return df["prune_ratio"]
+    if column not in df:
+        return df["prune_ratio"]
+    return df[column].fillna(df["prune_ratio"])  # row by row: older records lack the column
 
 
 def with_relative_metrics(df: pd.DataFrame, metrics=("lambda_max", "hessian_trace", "kappa")):
