@@ -40,8 +40,10 @@ __all__ = [
     "exclusive_lock",
     "load_checkpoint",
     "load_npz",
+    "metrics_fix",
     "read_json",
     "read_parquet",
+    "round_fix",
     "save_checkpoint",
     "write_json",
     "write_parquet",
@@ -104,6 +106,19 @@ def exclusive_lock(lock_path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def round_fix(path: str | Path) -> str:
+    """What to do when a file of a finished round (``model.pt``, ``round.json``) is damaged."""
+    return (
+        f"delete {Path(path).parent} and rerun the same command; that round and every later "
+        "round of its chain will be trained again"
+    )
+
+
+def metrics_fix(path: str | Path) -> str:
+    """What to do when a metrics file of a round is damaged."""
+    return "delete it and rerun the same command; the checkpoint will be evaluated again"
 
 
 # -- digests -----------------------------------------------------------------------------------

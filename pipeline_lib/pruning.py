@@ -470,8 +470,8 @@ def prune_structured(model: nn.Module, keep: float) -> None:
     if _nonzero_after(nonzero, layers, alive) <= budget:
         return
     lo, hi = 0.0, 1.0
-    floor = _nonzero_after(nonzero, layers, _rows_for_fraction(layers, alive, scores, lo))
     rows = _rows_for_fraction(layers, alive, scores, lo)
+    floor = _nonzero_after(nonzero, layers, rows)
     if floor > budget:
         log.warning(
             "structured pruning cannot meet the budget of %d of %d parameters (keep %.4f): one "

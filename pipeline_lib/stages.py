@@ -35,7 +35,13 @@ from pipeline_lib.experiment import (
     training_settings,
 )
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, build_flow
-from pipeline_lib.io import DIGEST_KEY, UnreadableFileError, read_json, write_json
+from pipeline_lib.io import (
+    DIGEST_KEY,
+    UnreadableFileError,
+    read_json,
+    round_fix,
+    write_json,
+)
 from pipeline_lib.pruning import EarlyStopping
 from pipeline_lib.sparse_flow import sparse_flow_round
 from pipeline_lib.training import load_checkpoint, save_checkpoint
@@ -44,27 +50,11 @@ __all__ = [
     "evaluate_checkpoint",
     "load_model",
     "make_toy_data",
-    "metrics_fix",
     "read_record",
-    "round_fix",
     "train_round",
 ]
 
 log = logging.getLogger("sparseflows.stages")
-
-
-def round_fix(path: str | Path) -> str:
-    """What to do when a file of a finished round does not check out."""
-    round_dir = Path(path).parent
-    return (
-        f"delete {round_dir} and rerun the same command; that round and every later round of "
-        "its chain will be trained again"
-    )
-
-
-def metrics_fix(path: str | Path) -> str:
-    """What to do when a metrics file does not check out."""
-    return "delete it and rerun the same command; the checkpoint will be evaluated again"
 
 
 def read_record(path: str | Path) -> dict:

@@ -26,9 +26,10 @@ def unprivileged() -> list[str]:
     that let root write to read-only files (CI runs as root, where a write-protection problem
     would never show)."""
     if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip(
-                "setpriv (util-linux) runs the workflow unprivileged", allow_module_level=True
+        if shutil.which("setpriv") is None:  # util-linux: on every Debian/Ubuntu system
+            raise RuntimeError(
+                "the workflow tests run as root need setpriv to drop root's permission "
+                "override (install util-linux), or run them as an ordinary user"
             )
         return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     return []
@@ -196,7 +197,7 @@ def test_unsafe_settings_fail_before_any_job(tmp_path, text, message):
         import torch
 
         if torch.cuda.is_available():
-            pytest.skip("this machine has a GPU")
+            pytest.skip("the refusal of compute.device: cuda shows only on a machine without a GPU")
     (tmp_path / "a_file").write_text("not a directory")
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)

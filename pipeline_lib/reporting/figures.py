@@ -127,12 +127,11 @@ def checkpoint_key(path: str | Path) -> tuple[str, int, str, int]:
 
 
 def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
-    from pipeline_lib.io import load_npz
+    from pipeline_lib.io import load_npz, metrics_fix
 
-    fix = "delete it and rerun the same command; the checkpoint will be evaluated again"
     out = {}
     for p in paths:
-        arrays = load_npz(p, fix=fix)
+        arrays = load_npz(p, fix=metrics_fix(p))
         if "log_density" in arrays:
             out[checkpoint_key(p)] = arrays
     return out

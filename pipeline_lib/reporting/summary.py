@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_lib.io import UnreadableFileError, read_json, read_parquet, write_parquet
+from pipeline_lib.io import (
+    UnreadableFileError,
+    metrics_fix,
+    read_json,
+    read_parquet,
+    round_fix,
+    write_parquet,
+)
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -88,13 +95,6 @@ TRAINED_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _round_fix(path: Path) -> str:
-    return (
-        f"delete {path.parent} and rerun the same command; that round and every later round "
-        "of its chain will be trained again"
-    )
-
-
 def check_record(rec: dict, path: str | Path) -> None:
     """Check a round record's fields, types and ranges; raise :class:`UnreadableFileError`
     naming the first problem."""
@@ -102,28 +102,28 @@ def check_record(rec: dict, path: str | Path) -> None:
     fields = {**RECORD_FIELDS, **({} if rec.get("skipped") else TRAINED_FIELDS)}
     for key, kind in fields.items():
         if key not in rec:
-            raise UnreadableFileError(path, f"has no field {key!r}", _round_fix(path))
+            raise UnreadableFileError(path, f"has no field {key!r}", round_fix(path))
         if not isinstance(rec[key], kind) or (kind is int and isinstance(rec[key], bool)):
             raise UnreadableFileError(
-                path, f"has {key}={rec[key]!r} of the wrong type", _round_fix(path)
+                path, f"has {key}={rec[key]!r} of the wrong type", round_fix(path)
             )
     if rec["skipped"]:
         return
     total, nonzero = rec["params_total"], rec["params_nonzero"]
     if not 0 <= nonzero <= total or total <= 0:
         raise UnreadableFileError(
-            path, f"has params_nonzero={nonzero} of params_total={total}", _round_fix(path)
+            path, f"has params_nonzero={nonzero} of params_total={total}", round_fix(path)
         )
     if not (0 <= rec["prune_ratio"] < 1 and 0 < rec["keep"] <= 1):
         raise UnreadableFileError(
             path,
             f"has prune_ratio={rec['prune_ratio']} / keep={rec['keep']} out of range",
-            _round_fix(path),
+            round_fix(path),
         )
 
 
 def _read_metrics(path: Path, record: dict, required: bool) -> dict:
-    fix = "delete it and rerun the same command; the checkpoint will be evaluated again"
+    fix = metrics_fix(path)
     if not required and not path.exists():
         return {}
     metrics = read_json(path, signed=True, fix=fix)
@@ -142,7 +142,7 @@ def aggregate_experiment(
     records = [Path(f) for f in files if Path(f).name == "round.json"]
     rows = []
     for rec_path in records:
-        rec = read_json(rec_path, signed=True, fix=_round_fix(rec_path))
+        rec = read_json(rec_path, signed=True, fix=round_fix(rec_path))
         check_record(rec, rec_path)
         if rec.get("skipped"):
             continue
