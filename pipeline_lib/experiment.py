@@ -34,6 +34,7 @@ __all__ = [
     "expand_experiments",
     "flow_config",
     "prune_config",
+    "per_seed_settings",
     "round_count",
     "train_config",
     "training_settings",
@@ -95,10 +96,21 @@ def expand_experiments(experiments: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def training_settings(exp: dict) -> dict:
-    """The experiment without the settings of :data:`NOT_TRAINING`: the parameters of the
-    training jobs, so that editing them re-evaluates checkpoints instead of retraining."""
+def per_seed_settings(exp: dict) -> dict:
+    """The experiment as one (seed, method) chain of it sees it: without the list of seeds and
+    the list of pruning methods, which are wildcards of the jobs. Adding a seed or a method to
+    an experiment therefore plans new jobs and leaves the finished ones alone."""
     out = copy.deepcopy(exp)
+    out.pop("seeds", None)
+    if isinstance(out.get("prune"), dict):
+        out["prune"].pop("methods", None)
+    return out
+
+
+def training_settings(exp: dict) -> dict:
+    """:func:`per_seed_settings` without the settings of :data:`NOT_TRAINING`: the parameters of
+    the training jobs, so that editing them re-evaluates checkpoints instead of retraining."""
+    out = per_seed_settings(exp)
     for section, keys in NOT_TRAINING.items():
         if isinstance(out.get(section), dict):
             for key in keys:

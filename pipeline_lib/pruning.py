@@ -19,10 +19,11 @@ training code; :class:`EarlyStopping` implements the loop condition of Algorithm
 **What is prunable.** The ``weight`` of every :class:`~torch.nn.Linear` and convolution
 module of the vector field, unless the module carries ``prunable = False`` (the
 concatsquash time-gating layers ``hyper_gate``/``hyper_bias`` of FFJORD set this, so the
-time conditioning is never scored). Biases are never scored. Unstructured pruning keeps a
-fraction of the prunable weights. Structured pruning follows the released code
-(:func:`prune_structured`): its keep ratio is a budget over *all* parameters, a removed
-neuron loses its weight row and the input columns it feeds in the next layer (the output
+time conditioning is never scored). Biases are never scored. Both methods follow the
+released code in what a keep ratio counts: a budget of nonzero parameters over *all*
+parameters, biases and unprunable layers included (:func:`prune_unstructured` meets it
+exactly by the number of weights it keeps; :func:`prune_structured` to within one neuron).
+In structured pruning a removed neuron loses its weight row and the input columns it feeds in the next layer (the output
 layer's included) but keeps its bias (for concatsquash its time path is zeroed too).
 Modules with ``is_output_layer = True`` are the output layers of the vector fields:
 structured pruning never removes their rows, since that would remove output dimensions of
@@ -52,8 +53,8 @@ Example:
     >>> net = attach_masks(nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 2)))
     >>> for keep in keep_schedule(0.2, rounds=3):
     ...     prune_unstructured(net, keep)  # then retrain, calling apply_masks after steps
-    >>> round(prunable_density(net), 3)
-    0.512
+    >>> count_parameters(net)  # (total, nonzero): round(0.512 * 322) = 165, 66 of them biases
+    (322, 165)
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def _check_keep(keep: float) -> float:
     keep = float(keep)
     if not (math.isfinite(keep) and 0.0 <= keep <= 1.0):
         raise ValueError(
-            f"keep must be the fraction of weights to keep, in [0, 1]; got {keep!r}. "
+            f"keep must be the fraction of parameters to keep, in [0, 1]; got {keep!r}. "
             "Use keep = 1 - prune_ratio (e.g. keep_schedule(...) gives it per round)."
         )
     return keep
@@ -226,30 +227,53 @@ def _stable_smallest(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_unstructured(model: nn.Module, keep: float) -> None:
-    """Global magnitude pruning of weights (Sparse Flows, Table 1, left column).
+    """Global magnitude pruning of weights (Sparse Flows, Table 1, left column), with the
+    released code's budget (torchprune ``ThresNet``, ``BaseCompressedNet._compress_once``).
 
-    Target: individual weights; score: :math:`|W_{ij}|`; scope: global over all prunable
-    layers (Han et al., 2015). Among the weights that are still unpruned, the globally
-    smallest magnitudes are pruned until exactly ``round(keep * n_total)`` weights remain,
-    where ``n_total`` counts *all* prunable weights. Already-pruned weights stay pruned, so
-    masks are monotone and iterating with :func:`keep_schedule` prunes PR% of the
-    *remaining* weights each round (Algorithm 1, line 5). Ties are broken by the position
-    in the concatenation of the flattened weights in :func:`prunable_layers` order (the
-    earlier weight is pruned first). The largest pruned magnitude is the "pre-defined
-    threshold" of supplement §S8. Biases are never pruned. The new masks are applied to
-    the weights immediately.
+    **Budget.** ``keep`` is the overall density of *all* parameters after the round (nonzero /
+    total, biases and non-prunable layers included), as for :func:`prune_structured`: the
+    round may keep ``round(keep · total)`` nonzero parameters. The parameters that cannot be
+    pruned (biases, non-prunable layers, a trainable end time) are subtracted from it, as the
+    released code subtracts its "uncompressible size", and the rest is the number of prunable
+    weights that stay: ``n_keep = clip(round(keep · total) − nonzero_other, 0, alive)``.
+    Where the unprunable parameters alone exceed the budget, every prunable weight is pruned
+    (the released code clips the available budget at 0 the same way) and a warning says so:
+    the Gaussians l2_h128 flow has 130 biases among its 642 parameters, so its weights are
+    gone once keep < 0.2025.
+
+    **Which weights.** Target: individual weights; score: :math:`|W_{ij}|`; scope: global over
+    all prunable layers (Han et al., 2015). Among the weights that are still unpruned, the
+    globally smallest magnitudes are pruned. Already-pruned weights stay pruned, so masks are
+    monotone and iterating with :func:`keep_schedule` follows the schedule's overall keep
+    ratios (Algorithm 1, line 5). Ties are broken by the position in the concatenation of the
+    flattened weights in :func:`prunable_layers` order (the earlier weight is pruned first).
+    The largest pruned magnitude is the "pre-defined threshold" of supplement §S8. Biases are
+    never pruned. The new masks are applied to the weights immediately.
 
     Arguments:
         model: the model (masks are attached if missing).
-        keep: target overall density of prunable weights, e.g. :math:`(1 - PR)^r`.
-            If ``keep`` is at least the current density nothing happens.
+        keep: overall keep ratio of all parameters after this round, e.g. :math:`(1 - PR)^r`.
+            If the model already meets it nothing happens.
     """
     keep = _check_keep(keep)
     layers = _require_prunable(model)
+    apply_masks(model)
     masks = [getattr(module, WEIGHT_MASK) for _, module in layers]
     sizes = [mask.numel() for mask in masks]
-    n_total = sum(sizes)
-    n_keep = round(keep * n_total)
+    total, nonzero = count_parameters(model)
+    budget = round(keep * total)
+    nonzero_weights = sum(int(torch.count_nonzero(module.weight)) for _, module in layers)
+    n_keep = max(0, budget - (nonzero - nonzero_weights))
+    if n_keep == 0 and nonzero_weights > 0:
+        log.warning(
+            "unstructured pruning cannot meet the budget of %d of %d parameters (keep %.4f): "
+            "the %d parameters that are not prunable weights exceed it; all prunable weights "
+            "pruned",
+            budget,
+            total,
+            keep,
+            nonzero - nonzero_weights,
+        )
 
     alive = torch.cat([mask.detach().reshape(-1).cpu() != 0 for mask in masks])
     n_alive = int(alive.sum())

@@ -150,8 +150,7 @@ def train_round(
     state_path = out_model.parent / "train_state.pt"
     # a saved training state resumes only under the same settings (sparse_flow_round adds the
     # round, method, keep ratio and the digest of the starting weights)
-    settings = {k: v for k, v in training_settings(exp).items() if k != "seeds"}
-    key = {"experiment": settings, "seed": seed}
+    key = {"experiment": training_settings(exp), "seed": seed}
     t0 = time.perf_counter()
     row = sparse_flow_round(
         model,
@@ -232,18 +231,23 @@ def make_toy_data(exp: dict, out_dir: str | Path) -> DataSplits:
     return splits
 
 
-def _test_nll(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
+def _split_nll(exp: dict, model: ContinuousFlow, x: torch.Tensor, device, seed: int):
+    """NLL of one data split with the evaluation settings (``evaluation.trace``/``solver``)."""
     tcfg = train_config(exp, seed=seed)
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    t0 = time.perf_counter()
-    res = evaluate_nll(
+    return evaluate_nll(
         model,
-        data.test.to(device),
+        x.to(device),
         tcfg.eval_batch_size,
         solver=tcfg.eval_solver,
         trace=tcfg.eval_trace,
         generator=gen,
     )
+
+
+def _test_nll(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
+    t0 = time.perf_counter()
+    res = _split_nll(exp, model, data.test, device, seed)
     result = {
         "test_nll": res.nll,
         "test_nll_stderr": res.stderr,
@@ -304,7 +308,8 @@ def _samples(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: i
 
 def _hessian(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
     """Hessian eigen-analysis on training data (§4.5, Table 5, S11–S12): λ_max, trace and κ of
-    the NLL Hessian restricted to the unpruned parameters."""
+    the NLL Hessian restricted to the unpruned parameters, with the NLL of the whole training
+    split beside them (Table S11's NLL column is the training NLL)."""
     from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
 
     settings = dict((exp.get("evaluation") or {}).get("hessian") or {})
@@ -312,13 +317,16 @@ def _hessian(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: i
         return {"enabled": False}
     cfg = HessianConfig.from_dict({**settings, "seed": seed, "noise_seed": seed})
     result = {"enabled": True, **hessian_metrics(model, data.train.to(device), cfg)}
+    train = _split_nll(exp, model, data.train, device, seed)
+    result.update(train_nll=train.nll, train_nll_stderr=train.stderr, n_train=train.n)
     log.info(
-        "Hessian: λ_max %.4g, trace %.4g, κ %.4g (%d HVPs, %.1f s)",
+        "Hessian: λ_max %.4g, trace %.4g, κ %.4g (%d HVPs, %.1f s); training NLL %.4f nats",
         result["lambda_max"],
         result["trace"],
         result["kappa"],
         result["n_hvp"],
         result["seconds"],
+        result["train_nll"],
     )
     return result
 

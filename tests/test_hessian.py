@@ -41,7 +41,7 @@ def tiny():
     torch.manual_seed(0)
     cfg = FlowConfig(dim=2, hidden_dims=(4,), solver=SolverConfig(method="rk4", step_size=0.25))
     flow = build_flow(cfg).double()
-    prune(flow, "unstructured", 0.6)
+    prune(flow, "unstructured", 0.85)  # 34 of 40 parameters stay: 24 unprunable + 10 weights
     x = torch.randn(32, 2, dtype=torch.float64) * 1.5
     return flow, x
 
@@ -311,29 +311,34 @@ def test_hutchinson_trace_is_deterministic(tiny):
 
 
 def test_hessian_metrics_on_tiny_flow(tiny, dense):
+    """SLQ with m ≥ n gives the whole spectrum: λ_max, the positive-Ritz trace and κ equal the
+    dense eigendecomposition's; power iteration and Hutchinson (extra columns) agree too."""
     flow, x = tiny
     eigs = torch.linalg.eigvalsh(dense["exact"])
     positive = eigs[eigs > ZERO]
     cfg = HessianConfig(
-        num_points=None,
+        fraction=None,
         power_iters=500,
         power_tol=1e-8,
-        lanczos_steps=100,
         trace_samples=40,
+        divergence="exact",
         noise_seed=NOISE_SEED,
         positive_threshold=ZERO,
     )
     m = hessian_metrics(flow, x, cfg)
     json.dumps(m)
-    assert m["lambda_max"] == pytest.approx(eigs.max().item(), rel=1e-2)
-    assert m["lambda_max_lanczos"] == pytest.approx(eigs.max().item(), rel=1e-6)
-    assert abs(m["trace"] - torch.trace(dense["exact"]).item()) < 3 * m["trace_stderr"]
+    assert m["definition"] == "slq"
+    assert m["lambda_max"] == pytest.approx(eigs.max().item(), rel=1e-6)
+    assert m["trace"] == pytest.approx(positive.sum().item(), rel=1e-6)
     assert m["kappa"] == pytest.approx((eigs.max() / positive.min()).item(), rel=1e-6)
     assert m["lambda_min"] == pytest.approx(eigs.min().item(), rel=1e-6)
     assert m["n_negative_ritz"] == int((eigs < -ZERO).sum())
+    assert m["lambda_max_power"] == pytest.approx(eigs.max().item(), rel=1e-2)
+    exact_trace = torch.trace(dense["exact"]).item()
+    assert abs(m["trace_hutchinson"] - exact_trace) < 3 * m["trace_hutchinson_stderr"]
     assert m["n_params_unpruned"] == 34 and m["n_params"] == 40 and m["n_points"] == 32
     assert m["n_hvp"] == m["n_hvp_power"] + m["n_hvp_trace"] + m["n_hvp_lanczos"]
-    assert m["n_hvp_lanczos"] == 34 and m["n_hvp_trace"] == 40
+    assert m["n_hvp_lanczos"] == 3 * 34 and m["n_hvp_trace"] == 40  # 3 runs, capped at n
     with torch.no_grad():
         nll = -flow(x, trace="exact").log_prob.mean().item()
     assert m["nll"] == pytest.approx(nll, rel=1e-12)
@@ -345,7 +350,26 @@ def test_hessian_metrics_subsamples_points(tiny):
     cfg = HessianConfig(num_points=16, power_iters=3, lanczos_runs=0, trace_samples=0)
     m = hessian_metrics(flow, x, cfg)
     assert m["n_points"] == 16 and m["n_hvp"] == m["n_hvp_power"] <= 6
+    assert m["definition"] == "power+hutchinson" and m["lambda_max"] == m["lambda_max_power"]
     assert math.isnan(m["kappa"]) and math.isnan(m["trace"])
+    # the released default: int(0.1 · N) random points
+    m = hessian_metrics(flow, x, HessianConfig(power_iters=0, lanczos_steps=2, trace_samples=0))
+    assert m["n_points"] == 3
+
+
+def test_parameter_masks_mask_pruned_and_exactly_zero_coordinates():
+    """The released analysis masks the coordinates that are exactly 0; structured pruning of
+    concatsquash zeroes time-path rows without a mask, and those are masked too."""
+    from pipeline_lib.evaluation.hessian import parameter_masks
+
+    torch.manual_seed(0)
+    flow = build_flow(FlowConfig(dim=2, hidden_dims=(6,)))
+    prune(flow, "structured", 0.7)
+    names, params, masks = parameter_masks(flow)
+    for name, param, mask in zip(names, params, masks, strict=True):
+        assert torch.equal(mask.bool(), param.detach() != 0), name
+    gate = dict(zip(names, masks, strict=True))
+    assert any("hyper_gate" in n and not bool(mk.all()) for n, mk in gate.items())
 
 
 def test_config_roundtrip_and_validation():
@@ -380,18 +404,38 @@ def test_default_kappa_excludes_the_null_space_of_a_pruned_flow():
     assert int((eigs.abs() < 1e-12 * scale).sum()) == 3  # two weights and a bias of unit 0
     positive = eigs[eigs > 1e-8 * scale]
     n = eigs.numel()
-    m = hessian_metrics(
-        flow,
-        x,
-        HessianConfig(num_points=None, power_iters=50, lanczos_steps=n + 5, trace_samples=0),
-    )
+    # the defaults (SLQ 100 steps x 3 runs, κ threshold 1e-8 λ_max) on all points
+    m = hessian_metrics(flow, x, HessianConfig(fraction=None, power_iters=0, trace_samples=0))
+    assert n < 100
+    assert m["lambda_max"] == pytest.approx(eigs.max().item(), rel=1e-2)
     assert m["kappa"] == pytest.approx((eigs.max() / positive.min()).item(), rel=1e-2)
-    assert m["ritz_positive_sum"] == pytest.approx(positive.sum().item(), rel=1e-2)
+    assert m["trace"] == pytest.approx(positive.sum().item(), rel=1e-2)
     released = hessian_metrics(
         flow,
         x,
-        HessianConfig(
-            num_points=None, power_iters=50, lanczos_steps=n + 5, trace_samples=0, positive_rtol=0
-        ),
+        HessianConfig(fraction=None, power_iters=0, trace_samples=0, positive_rtol=0),
     )
     assert released["kappa"] > 1e3 * m["kappa"]
+
+
+def test_schema_defaults_equal_the_config_defaults():
+    """The pipeline and a library user get the same analysis: every Hessian default of the
+    config schema equals HessianConfig's (the released definitions)."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    schema_file = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+    schema = yaml.safe_load(schema_file.read_text())
+    experiment = schema["$defs"]["experiment"]
+    props = experiment["properties"]["evaluation"]["properties"]["hessian"]["properties"]
+    defaults = {f.name: f.default for f in fields(HessianConfig)}
+    checked = {k: v["default"] for k, v in props.items() if k != "enabled"}
+    assert checked == {k: defaults[k] for k in checked}
+    assert {"fraction", "lanczos_steps", "lanczos_runs", "power_iters"} <= set(checked)
+    assert (defaults["fraction"], defaults["lanczos_steps"], defaults["lanczos_runs"]) == (
+        0.1,
+        100,
+        3,
+    )

@@ -77,6 +77,16 @@ def _masks(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight_mask for _, m in prunable_layers(model)]
 
 
+def _weights_kept(model: nn.Module, keep: float) -> int:
+    """The released budget, counted by hand: round(keep · all parameters) minus every nonzero
+    parameter that is not a prunable weight (biases, the dense gate), at least 0."""
+    every = [p.detach() for p in model.parameters()]
+    total = sum(p.numel() for p in every)
+    weights = {id(w) for w in _weights(model)}
+    others = sum(int((p != 0).sum()) for p in model.parameters() if id(p) not in weights)
+    return max(0, round(keep * total) - others)
+
+
 # ------------------------------------------------------------------------------ layers/masks
 
 
@@ -108,7 +118,7 @@ def test_unstructured_prunes_globally_smallest_magnitudes():
     gate = model.l1.hyper_gate.weight.detach().clone()
     flat = np.abs(_flat(_weights(model)))
     keep = 0.4
-    n_pruned = len(flat) - round(keep * len(flat))
+    n_pruned = len(flat) - _weights_kept(model, keep)
     expected = set(np.argsort(flat, kind="stable")[:n_pruned].tolist())
 
     prune_unstructured(model, keep)
@@ -141,7 +151,7 @@ def test_unstructured_iterative_only_considers_unpruned_weights():
     flat = np.abs(_flat(_weights(model)))
     alive = np.flatnonzero(~pruned_before)
     keep = 0.3
-    n_keep = round(keep * len(flat))
+    n_keep = _weights_kept(model, keep)
     order = alive[np.argsort(flat[alive], kind="stable")]
     expected = set(np.flatnonzero(pruned_before).tolist()) | set(
         order[: len(alive) - n_keep].tolist()
@@ -164,6 +174,21 @@ def test_unstructured_noop_when_keep_not_below_density():
     assert all(torch.equal(a, b) for a, b in zip(masks, _masks(model), strict=True))
 
 
+def test_unstructured_budget_over_all_parameters_and_its_floor(caplog):
+    """The released l2_h128 field (642 parameters, 130 of them biases): keep 0.21 leaves
+    round(0.21 · 642) − 130 = 5 weights; keep 0.2 (budget 128 < 130 biases) prunes every
+    weight and says so, as the released code's clipped budget does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 128), nn.Sigmoid(), nn.Linear(128, 2))
+    prune_unstructured(model, 0.21)
+    assert count_parameters(model) == (642, 135)
+    assert int(_flat(_masks(model)).sum()) == 5
+    with caplog.at_level("WARNING", logger="sparseflows.pruning"):
+        prune_unstructured(model, 0.2)
+    assert count_parameters(model) == (642, 130)
+    assert "cannot meet the budget of 128 of 642" in caplog.text
+
+
 def test_unstructured_ties_are_deterministic_and_exact():
     def tied() -> nn.Module:
         model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
@@ -176,11 +201,12 @@ def test_unstructured_ties_are_deterministic_and_exact():
     prune_unstructured(a, 0.5)
     prune_unstructured(b, 0.5)
     assert all(torch.equal(x, y) for x, y in zip(_masks(a), _masks(b), strict=True))
-    n_total = 4 * 6 + 6 * 2
-    assert int(_flat(_masks(a)).sum()) == round(0.5 * n_total)
+    n_total = 4 * 6 + 6 * 2 + 6 + 2
+    assert int(_flat(_masks(a)).sum()) == round(0.5 * n_total) - (6 + 2)
     # ties go to the earlier weight in prunable_layers order
     flat = _flat(_weights(tied()))
-    expected = set(np.argsort(np.abs(flat), kind="stable")[: n_total - 18].tolist())
+    n_kept = round(0.5 * n_total) - (6 + 2)
+    expected = set(np.argsort(np.abs(flat), kind="stable")[: flat.size - n_kept].tolist())
     assert set(np.flatnonzero(_flat(_masks(a)) == 0).tolist()) == expected
 
 
@@ -381,13 +407,17 @@ def test_masks_survive_save_and_load(tmp_path, method):
 def test_density_after_rounds_matches_geometric_schedule(pr, rounds):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Linear(64, 2))
-    n_total = 2 * 64 + 64 * 64 + 64 * 2
+    n_weights, n_biases = 2 * 64 + 64 * 64 + 64 * 2, 64 + 64 + 2
     schedule = keep_schedule(pr, rounds)
     assert len(schedule) == rounds
     for r, keep in enumerate(schedule, start=1):
         assert keep == pytest.approx((1 - pr) ** r)
         prune_unstructured(model, keep)
-        assert abs(prunable_density(model) * n_total - (1 - pr) ** r * n_total) <= 1.0
+        # the budget is met exactly over all parameters, until the biases alone exceed it
+        # (0.5**6 keeps 70 of 4482 < 130 biases: every weight goes, as in the released code)
+        budget = round((1 - pr) ** r * (n_weights + n_biases))
+        assert count_parameters(model) == (n_weights + n_biases, max(budget, n_biases))
+        assert prunable_density(model) * n_weights == pytest.approx(max(budget - n_biases, 0))
         assert prune_ratio(model) == pytest.approx(1 - prunable_density(model))
 
 
@@ -426,9 +456,10 @@ def test_count_parameters_matches_manual_count():
     assert count_parameters(model) == (manual_total, manual_total)
     prune_unstructured(model, 0.5)
     n_prunable = 3 * 7 + 7 * 5 + 5 * 3
-    n_pruned = n_prunable - round(0.5 * n_prunable)
-    assert count_parameters(model) == (manual_total, manual_total - n_pruned)
-    assert prunable_density(model) == pytest.approx(round(0.5 * n_prunable) / n_prunable)
+    n_kept = round(0.5 * manual_total) - (manual_total - n_prunable)
+    n_pruned = n_prunable - n_kept
+    assert count_parameters(model) == (manual_total, round(0.5 * manual_total))
+    assert prunable_density(model) == pytest.approx(n_kept / n_prunable)
     assert prune_ratio(model) == pytest.approx(n_pruned / n_prunable)
 
 

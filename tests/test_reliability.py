@@ -110,7 +110,7 @@ def finished_round(tmp_path):
         "solver": {"method": "rk4", "step_size": 0.5},
         "train": {"epochs": 1, "batch_size": 128},
         "evaluation": {"trace": "exact", "hessian": {"enabled": False}},
-        "prune": {"methods": ["unstructured"], "prune_ratio_per_round": 0.5, "rounds": 2},
+        "prune": {"methods": ["unstructured"], "prune_ratio_per_round": 0.2, "rounds": 2},
     }
     data = tmp_path / "data"
     make_toy_data(exp, data)
@@ -428,6 +428,7 @@ def test_library_loop_retrains_a_round_whose_prune_settings_changed(tmp_path):
     prune_cfg = PruneConfig(method="unstructured", prune_ratio_per_round=0.2, rounds=1)
     second = run_sparse_flow(make_flow(), data, cfg(epochs=1), prune_cfg, workdir=tmp_path)
     fresh = run_sparse_flow(make_flow(), data, cfg(epochs=1), prune_cfg)
-    assert first[1].prune_ratio == pytest.approx(0.5, abs=0.01)
-    assert second[1].prune_ratio == pytest.approx(0.2, abs=0.01)
+    # the keep ratio counts all parameters (the released budget)
+    assert 1 - first[1].params_nonzero / first[1].params_total == pytest.approx(0.5, abs=0.01)
+    assert 1 - second[1].params_nonzero / second[1].params_total == pytest.approx(0.2, abs=0.01)
     assert second[1].val_nll == pytest.approx(fresh[1].val_nll, abs=1e-9)

@@ -9,7 +9,7 @@ parameters, computed with PyHessian (Yao et al., 2020) from Hessian-vector produ
 
 * :class:`HessianOperator` — v ↦ M H M v, where H is the Hessian of the mean NLL
   −(1/N) Σ log p(x_i) over a fixed batch, and M is the diagonal 0/1 parameter mask
-  (``weight_mask``/``bias_mask`` of the pruned layers, ones for every other parameter). Every
+  (0 where a pruning mask or the parameter itself is 0, see :func:`parameter_masks`). Every
   vector that enters or leaves it has exact zeros at pruned coordinates, so the operator is the
   Hessian of the NLL as a function of the unpruned parameters alone, padded with zeros.
 * :func:`power_iteration` / :func:`largest_eigenvalue` — λ_max by power iteration
@@ -20,30 +20,34 @@ parameters, computed with PyHessian (Yao et al., 2020) from Hessian-vector produ
   with its standard error.
 * :func:`ritz_statistics`, :func:`hessian_metrics` — the numbers of Table 5 / S11–S12.
 
-**Exact definitions** (n = number of unpruned parameters, H_u the n × n Hessian of the NLL
-w.r.t. the unpruned parameters, θ_k the Ritz values of one Lanczos run, ascending):
+**Exact definitions** — those of the released analysis (``paper/node/script/view_hessian.py``
+and ``sparsehessian.py``, a PyHessian variant), computed per SLQ run and averaged over the
+``lanczos_runs`` runs (n = number of unpruned parameters, H_u the n × n Hessian of the NLL
+w.r.t. the unpruned parameters, θ_k the Ritz values of one m-step Lanczos run, ascending,
+threshold = max(``positive_threshold``, ``positive_rtol`` · max |θ_k|), by default 10⁻⁸ of
+the largest Ritz value):
 
-* ``lambda_max`` — the largest (algebraic) eigenvalue of H_u, by power iteration. Power iteration
-  converges to the *dominant* eigenvalue, the one of largest magnitude, with its sign; when that
-  is negative, a second power iteration on H_u − λ_dom·I gives λ_max (see
-  :func:`largest_eigenvalue`). ``lambda_max_lanczos`` = max θ_k.
-* ``trace`` — Hutchinson's estimate (1/K) Σ_k v_kᵀ H v_k with masked Rademacher v_k, an
-  unbiased estimate of tr(H_u) = Σ of the diagonal over the unpruned parameters;
-  ``trace_stderr`` is the sample standard deviation over √K.
-* ``kappa`` — max θ_k / min{θ_k : θ_k > threshold}, where threshold = max(``positive_threshold``,
-  ``positive_rtol`` · max |θ_k|) (by default 10⁻⁸ of the largest Ritz value): the condition
-  number from the *positive* Ritz values. This is the definition of the Hessian analysis
-  released with Sparse Flows, which kept only the positive part of a PyHessian SLQ spectrum
-  (the NLL Hessian of a flow that is not at an exact minimum need not be positive
-  semi-definite). ``lambda_min_positive`` is that denominator, ``lambda_min`` = min θ_k the raw
-  smallest Ritz value, ``n_negative_ritz`` the number of θ_k < −threshold, and
-  ``ritz_positive_sum`` = Σ{θ_k > threshold}, the quantity that analysis reported as the trace.
-  The relative threshold excludes Ritz values at rounding level, which the null space of a
-  pruned flow's Hessian produces and which made κ meaningless with threshold 0 (10³⁴ where the
-  dense eigendecomposition gives a few hundred; any threshold from 10⁻¹⁰ λ_max up agrees with
-  it). With m Lanczos steps ≪ n, λ_min_positive is a quadrature node, not the smallest positive
-  eigenvalue of H_u, so κ depends on m: compare flows at the same m. With ``lanczos_runs`` > 1
-  these statistics are computed per run and averaged.
+* ``lambda_max`` — max θ_k, the largest Ritz value (Lanczos finds the extreme eigenvalues
+  first, so with m = 100 it is λ_max(H_u) to many digits).
+* ``trace`` — Σ{θ_k > threshold}, the sum of the positive Ritz values, which the released
+  analysis reported as the trace. It is *not* tr(H_u): m Ritz values stand for n eigenvalues,
+  so for m < n it is the sum of m representative nodes of the spectrum (tr(H_u) would weight
+  each node by n times its quadrature weight), and negative curvature is left out.
+* ``kappa`` — max θ_k / min{θ_k : θ_k > threshold}; ``lambda_min_positive`` is that
+  denominator, ``lambda_min`` = min θ_k the raw smallest Ritz value and ``n_negative_ritz``
+  the number of θ_k < −threshold. The released analysis used threshold 0, which makes κ
+  meaningless whenever H_u has a null space (every pruned flow has one: e.g. the weights of a
+  neuron whose output is masked): Ritz values at rounding level then give 10³⁴ where the dense
+  eigendecomposition gives a few hundred; any threshold from 10⁻¹⁰ λ_max up agrees with it.
+  With m ≪ n, λ_min_positive is a quadrature node, not the smallest positive eigenvalue of
+  H_u, so κ depends on m: compare flows at the same m.
+
+Extra columns, not the paper's numbers: ``lambda_max_power`` — the largest (algebraic)
+eigenvalue of H_u by power iteration (PyHessian's ``eigenvalues``; when the dominant eigenvalue
+is negative a second, shifted iteration gives λ_max, see :func:`largest_eigenvalue`);
+``trace_hutchinson`` — Hutchinson's unbiased estimate (1/K) Σ_k v_kᵀ H v_k of tr(H_u) with
+masked Rademacher v_k, and ``trace_hutchinson_stderr`` its standard error. With
+``lanczos_runs = 0`` they fill ``lambda_max`` and ``trace`` (``definition`` says which).
 
 **How the HVPs are computed.** By double backpropagation through the ODE solver: one forward
 solve, ``torch.autograd.grad(loss, params, create_graph=True)``, then one backward pass per HVP
@@ -62,12 +66,16 @@ fixed ε is an unbiased estimate of the Hessian of the exact NLL. The operator h
 ``torch.Generator`` seeded with ``noise_seed``. ``divergence="exact"`` (the default of
 :class:`HessianConfig`, cheap for the 2-D data of Table 5) removes the noise altogether.
 
-**Differences from the released analysis** (a PyHessian variant run on a random 10% of the
-training set as one batch, 3 SLQ runs of 100 Lanczos steps): it took the pruned coordinates to
-be the parameters that are exactly 0 rather than the masks, normalized its start vector before
-masking it, and averaged the three runs' Ritz values entry by entry before taking max, positive
-sum and max/min-positive. Here the masks define the pruned coordinates, the start vector is
-normalized after masking, and statistics are computed per run and then averaged.
+**Differences from the released analysis** (its Hessian: all parameters that require grad,
+coordinates that are exactly 0 masked out, one batch of a random 10 % of the training split,
+the flow's Hutchinson divergence with noise fixed by building the graph once, 3 SLQ runs of
+100 Lanczos steps): it normalized its start vector *before* masking it (so the first Lanczos
+vector of a pruned flow was not a unit vector and T was not a projection of H_u), and it
+averaged the three runs' Ritz values entry by entry, in the unsorted order ``torch.eig``
+returned them, before taking max, positive sum and max/min-positive. Here the start vector is
+normalized after masking and the statistics are computed per run and then averaged. The mask
+is the pruning masks *and* the exact zeros (see :func:`parameter_masks`), which covers the
+released mask.
 
 References:
     | Liebenwein, Hasani, Amini, Rus. *Sparse Flows: Pruning Continuous-depth Models.*
@@ -83,7 +91,7 @@ References:
 Example::
 
     flow = build_flow(FlowConfig(dim=2, hidden_dims=(128, 128), activation="sigmoid"))
-    metrics = hessian_metrics(flow, x_train, HessianConfig(num_points=1024))
+    metrics = hessian_metrics(flow, x_train)  # 10 % of x_train, SLQ 100 steps x 3 runs
     metrics["lambda_max"], metrics["trace"], metrics["kappa"]
 """
 
@@ -132,28 +140,36 @@ DIVERGENCES = (None, "exact", "hutchinson")
 class HessianConfig:
     """Settings of :func:`hessian_metrics`.
 
+    The defaults are the released analysis (``paper/node/script/view_hessian.py``): one fixed
+    batch of a random 10 % of the training split, the flow's own divergence estimator (the
+    released flows use Hutchinson) with fixed noise, and 3 SLQ runs of 100 Lanczos steps, from
+    which λ_max, the trace and κ are taken. Power iteration and Hutchinson's trace run beside
+    them as extra columns.
+
     Arguments:
-        num_points: data points in the (single, fixed) batch whose mean NLL is differentiated;
-            a random subset (seeded by ``seed``) when the data set is larger, all of it when
-            ``None``. The released analysis used a random 10% of the training set.
-        power_iters: maximum power iterations for λ_max (0 skips power iteration; λ_max then
-            comes from Lanczos). PyHessian: 100.
+        fraction: the share of the data passed to :func:`hessian_metrics` (the training split)
+            in the batch, ``int(fraction · N)`` random points (seeded by ``seed``), as released.
+        num_points: a fixed number of points instead (overrides ``fraction``); ``None`` and
+            ``fraction=None`` together take all of the data.
+        power_iters: maximum power iterations for ``lambda_max_power`` (0 skips them).
+            PyHessian: 100.
         power_tol: stop when the Rayleigh quotient changes by less than this, relatively.
-        lanczos_steps: Lanczos steps m per run (capped at the number of unpruned parameters).
-            The released analysis used 100.
-        lanczos_runs: independent Lanczos runs (random Rademacher starts); the Ritz statistics
-            are averaged over runs. 0 skips Lanczos (no κ).
-        trace_samples: Rademacher probes for Hutchinson's trace (0 skips it).
+        lanczos_steps: Lanczos steps m per SLQ run (capped at the number of unpruned
+            parameters). Released: 100.
+        lanczos_runs: independent SLQ runs (random Rademacher starts); the Ritz statistics are
+            averaged over runs. Released: 3. 0 skips Lanczos (then λ_max and the trace come
+            from power iteration and Hutchinson, and κ is NaN).
+        trace_samples: Rademacher probes for ``trace_hutchinson`` (0 skips it).
         seed: seed of the data subset and of the probe / start vectors.
         noise_seed: seed of the flow's Hutchinson divergence noise, held fixed in every solve.
         solver: ODE solver for the Hessian (``None``: each block's own); ``adjoint`` is always
             switched off (see the module docstring).
         divergence: ``"exact"`` (noise-free operator), ``"hutchinson"`` (fixed noise), or
-            ``None`` for the flow's own setting.
+            ``None`` for the flow's own setting (the default, as released).
         reuse_graph: build the gradient graph once and backpropagate through it for every HVP
             (fast); ``False`` recomputes solve and gradient per HVP (less memory, slower).
-        positive_threshold: Ritz values above this count as positive for κ and
-            ``ritz_positive_sum``, below its negative as negative.
+        positive_threshold: Ritz values above this count as positive for κ and the trace,
+            below its negative as negative.
         positive_rtol: the same, relative to the largest |Ritz value| of the run; the larger
             of the two thresholds applies. A Hessian with an exact null space (e.g. weights
             that feed only pruned paths) has Ritz values at rounding level around 0, which
@@ -162,16 +178,17 @@ class HessianConfig:
             w.r.t.; ``None`` for all parameters that require grad.
     """
 
-    num_points: int | None = 1024
+    fraction: float | None = 0.1
+    num_points: int | None = None
     power_iters: int = 100
     power_tol: float = 1e-4
     lanczos_steps: int = 100
-    lanczos_runs: int = 1
+    lanczos_runs: int = 3
     trace_samples: int = 100
     seed: int = 0
     noise_seed: int = 0
     solver: SolverConfig | None = None
-    divergence: str | None = "exact"
+    divergence: str | None = None
     reuse_graph: bool = True
     positive_threshold: float = 0.0
     positive_rtol: float = 1e-8
@@ -180,6 +197,8 @@ class HessianConfig:
     def __post_init__(self) -> None:
         if self.num_points is not None and self.num_points < 1:
             raise ValueError(f"hessian.num_points must be >= 1 or null; got {self.num_points!r}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"hessian.fraction must be in (0, 1] or null; got {self.fraction!r}")
         for name in ("power_iters", "lanczos_steps", "lanczos_runs", "trace_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"hessian.{name} must be >= 0; got {getattr(self, name)!r}")
@@ -194,7 +213,7 @@ class HessianConfig:
         if self.positive_threshold < 0 or self.positive_rtol < 0:
             raise ValueError("hessian.positive_threshold and hessian.positive_rtol must be >= 0")
         if self.power_iters == 0 and self.lanczos_runs == 0:
-            raise ValueError("set hessian.power_iters or hessian.lanczos_runs > 0 to get λ_max")
+            raise ValueError("set hessian.lanczos_runs (or hessian.power_iters) > 0 to get λ_max")
         if self.params is not None:
             self.params = tuple(self.params)
 
@@ -254,9 +273,13 @@ def parameter_masks(
     """The parameters the Hessian is taken w.r.t., with their 0/1 pruning masks.
 
     All parameters that require grad (vector-field weights and biases, the dense concatsquash
-    time-gating layers, a trainable end time), or those named in ``names``. The mask of a
-    pruned layer's weight is its ``weight_mask`` buffer, of its bias the ``bias_mask``; every
-    other parameter gets ones.
+    time-gating layers, a trainable end time), or those named in ``names``. A coordinate is
+    masked out where its pruning mask (``weight_mask`` / ``bias_mask``) is 0 *or* its value
+    is exactly 0: the released analysis masks exactly the zero coordinates, which also covers
+    the rows of ``hyper_gate``/``hyper_bias`` that structured pruning zeroes without a mask.
+    The biases of removed neurons stay (they are nonzero, as in the released analysis); they
+    feed only masked columns, so they add exact zeros to the spectrum, which κ's threshold
+    leaves out.
 
     Returns:
         ``(names, params, masks)`` in ``named_parameters()`` order; masks are 0/1 tensors of the
@@ -285,7 +308,8 @@ def parameter_masks(
     masks = []
     for _, p in named:
         mask = mask_of.get(id(p))
-        masks.append(torch.ones_like(p.detach()) if mask is None else (mask != 0).to(p.dtype))
+        live = p.detach() != 0
+        masks.append((live if mask is None else live & (mask != 0)).to(p.dtype))
     return [n for n, _ in named], [p for _, p in named], masks
 
 
@@ -709,7 +733,12 @@ def ritz_statistics(
 # --------------------------------------------------------------------------- metrics
 
 
-def _select_points(x: torch.Tensor, num_points: int | None, seed: int) -> torch.Tensor:
+def _select_points(
+    x: torch.Tensor, num_points: int | None, fraction: float | None, seed: int
+) -> torch.Tensor:
+    """``num_points`` random rows of ``x``, else ``int(fraction · N)`` (at least 1), else all."""
+    if num_points is None and fraction is not None:
+        num_points = max(1, int(fraction * x.shape[0]))
     if num_points is None or num_points >= x.shape[0]:
         return x
     index = torch.randperm(x.shape[0], generator=_generator(seed))[:num_points]
@@ -727,22 +756,24 @@ def hessian_metrics(
 ) -> dict[str, Any]:
     """Eigenanalysis of the NLL Hessian of Sparse Flows Table 5 / Tables S11–S12.
 
-    Builds a :class:`HessianOperator` on ``cfg.num_points`` points of ``x`` and runs power
-    iteration (λ_max), Hutchinson (trace) and Lanczos (Ritz values, κ). Exact definitions of
-    every key are in the module docstring.
+    Builds a :class:`HessianOperator` on ``cfg.fraction`` (or ``cfg.num_points``) of ``x`` and
+    runs SLQ (``lanczos_runs`` × ``lanczos_steps``: λ_max, trace, κ, as released), power
+    iteration (``lambda_max_power``) and Hutchinson (``trace_hutchinson``). Exact definitions
+    of every key are in the module docstring.
 
     Returns:
-        A JSON-serializable dict: ``lambda_max``, ``lambda_max_lanczos``, ``trace``,
-        ``trace_stderr``, ``lambda_min_positive``, ``lambda_min``, ``kappa``,
-        ``n_negative_ritz``, ``ritz_positive_sum``, ``nll`` (the loss at the evaluation point),
-        ``n_params`` (selected parameters), ``n_params_unpruned``, ``n_points``,
-        ``power_converged``, ``power_residual`` (‖Hv − λ_max v‖, an error bound), the costs
-        ``n_hvp`` and ``seconds`` (total) with their split ``n_hvp_{power,trace,lanczos}`` /
-        ``seconds_{setup,power,trace,lanczos}``. Metrics of a skipped stage are NaN.
+        A JSON-serializable dict: ``lambda_max``, ``trace``, ``kappa`` (the released
+        definitions), ``lambda_min_positive``, ``lambda_min``, ``n_negative_ritz``,
+        ``lambda_max_power``, ``power_converged``, ``power_residual`` (‖Hv − λv‖, an error
+        bound), ``trace_hutchinson``, ``trace_hutchinson_stderr``, ``nll`` (the loss at the
+        evaluation point), ``n_params`` (selected parameters), ``n_params_unpruned``,
+        ``n_points``, ``definition``, the costs ``n_hvp`` and ``seconds`` (total) with their
+        split ``n_hvp_{power,trace,lanczos}`` / ``seconds_{setup,power,trace,lanczos}``.
+        Metrics of a skipped stage are NaN.
     """
     cfg = cfg or HessianConfig()
     start = time.perf_counter()
-    data = _select_points(x, cfg.num_points, cfg.seed)
+    data = _select_points(x, cfg.num_points, cfg.fraction, cfg.seed)
     op = HessianOperator(
         model,
         data,
@@ -756,42 +787,18 @@ def hessian_metrics(
     nan = math.nan
     out: dict[str, Any] = {
         "lambda_max": nan,
-        "lambda_max_lanczos": nan,
         "trace": nan,
-        "trace_stderr": nan,
+        "kappa": nan,
         "lambda_min_positive": nan,
         "lambda_min": nan,
-        "kappa": nan,
         "n_negative_ritz": -1,
-        "ritz_positive_sum": nan,
+        "lambda_max_power": nan,
         "power_converged": False,
         "power_residual": nan,
+        "trace_hutchinson": nan,
+        "trace_hutchinson_stderr": nan,
+        "definition": "slq" if cfg.lanczos_runs > 0 else "power+hutchinson",
     }
-
-    power, n_power, s_power = None, 0, 0.0
-    if cfg.power_iters > 0:
-        power, n_power, s_power = _timed(
-            op,
-            lambda: largest_eigenvalue(
-                op, cfg.power_iters, cfg.power_tol, _generator(cfg.seed + 1)
-            ),
-        )
-        out["lambda_max"] = power.eigenvalue
-        out["power_converged"] = power.converged
-        out["power_residual"] = power.residual
-        if not power.converged:
-            log.warning(
-                "power iteration did not converge in %d HVPs (tol %g); raise hessian.power_iters",
-                power.n_hvp,
-                cfg.power_tol,
-            )
-
-    trace, n_trace, s_trace = None, 0, 0.0
-    if cfg.trace_samples > 0:
-        trace, n_trace, s_trace = _timed(
-            op, lambda: hutchinson_trace(op, cfg.trace_samples, _generator(cfg.seed + 2))
-        )
-        out["trace"], out["trace_stderr"] = trace.mean, trace.stderr
 
     n_lanczos, s_lanczos = 0, 0.0
     if cfg.lanczos_runs > 0:
@@ -808,14 +815,41 @@ def hessian_metrics(
         def mean(key: str) -> float:
             return float(sum(r[key] for r in runs) / len(runs))
 
-        out["lambda_max_lanczos"] = mean("lambda_max")
+        out["lambda_max"] = mean("lambda_max")
+        out["trace"] = mean("ritz_positive_sum")
+        out["kappa"] = mean("kappa")
         out["lambda_min"] = mean("lambda_min")
         out["lambda_min_positive"] = mean("lambda_min_positive")
-        out["kappa"] = mean("kappa")
-        out["ritz_positive_sum"] = mean("ritz_positive_sum")
         out["n_negative_ritz"] = int(round(mean("n_negative_ritz")))
-        if power is None:
-            out["lambda_max"] = out["lambda_max_lanczos"]
+
+    n_power, s_power = 0, 0.0
+    if cfg.power_iters > 0:
+        power, n_power, s_power = _timed(
+            op,
+            lambda: largest_eigenvalue(
+                op, cfg.power_iters, cfg.power_tol, _generator(cfg.seed + 1)
+            ),
+        )
+        out["lambda_max_power"] = power.eigenvalue
+        out["power_converged"] = power.converged
+        out["power_residual"] = power.residual
+        if not power.converged:
+            log.warning(
+                "power iteration did not converge in %d HVPs (tol %g); raise hessian.power_iters",
+                power.n_hvp,
+                cfg.power_tol,
+            )
+        if cfg.lanczos_runs == 0:
+            out["lambda_max"] = power.eigenvalue
+
+    n_trace, s_trace = 0, 0.0
+    if cfg.trace_samples > 0:
+        trace, n_trace, s_trace = _timed(
+            op, lambda: hutchinson_trace(op, cfg.trace_samples, _generator(cfg.seed + 2))
+        )
+        out["trace_hutchinson"], out["trace_hutchinson_stderr"] = trace.mean, trace.stderr
+        if cfg.lanczos_runs == 0:
+            out["trace"] = trace.mean
 
     seconds = time.perf_counter() - start
     out.update(
@@ -835,14 +869,17 @@ def hessian_metrics(
     )
     log.info(
         "Hessian of the NLL on %d points, %d unpruned of %d parameters: λ_max=%.4g, "
-        "tr=%.4g±%.2g, κ=%.4g; %d HVPs in %.1f s (setup %.1f s)",
+        "tr=%.4g, κ=%.4g (%s); power λ_max=%.4g, Hutchinson tr=%.4g; %d HVPs in %.1f s "
+        "(setup %.1f s)",
         out["n_points"],
         op.dim,
         op.numel,
         out["lambda_max"],
         out["trace"],
-        out["trace_stderr"],
         out["kappa"],
+        out["definition"],
+        out["lambda_max_power"],
+        out["trace_hutchinson"],
         op.n_hvp,
         seconds,
         seconds_setup,

@@ -67,6 +67,9 @@ METRIC_COLUMNS = [
     ("hessian.json", "kappa", "kappa"),
     ("hessian.json", "lambda_min_positive", "lambda_min_positive"),
     ("hessian.json", "nll", "hessian_nll"),
+    ("hessian.json", "train_nll", "train_nll"),
+    ("hessian.json", "lambda_max_power", "lambda_max_power"),
+    ("hessian.json", "trace_hutchinson", "trace_hutchinson"),
     ("samples.json", "modes_captured", "modes_captured"),
 ]
 
@@ -114,7 +117,8 @@ def check_record(rec: dict, path: str | Path) -> None:
         raise UnreadableFileError(
             path, f"has params_nonzero={nonzero} of params_total={total}", round_fix(path)
         )
-    if not (0 <= rec["prune_ratio"] < 1 and 0 < rec["keep"] <= 1):
+    # prune_ratio counts prunable weights: 1 where the budget leaves none (the floor)
+    if not (0 <= rec["prune_ratio"] <= 1 and 0 < rec["keep"] <= 1):
         raise UnreadableFileError(
             path,
             f"has prune_ratio={rec['prune_ratio']} / keep={rec['keep']} out of range",

@@ -18,6 +18,7 @@ from pipeline_lib.experiment import (  # noqa: E402
     data_id,
     describe_validation_error,
     expand_experiments,
+    per_seed_settings,
     round_count,
     training_settings,
 )
@@ -188,7 +189,8 @@ def snapshots(w):
 
 
 def experiment_params(w):
-    return EXPERIMENTS[w.experiment]
+    """The experiment as one chain sees it (the lists of seeds and methods left out)."""
+    return per_seed_settings(EXPERIMENTS[w.experiment])
 
 
 def training_params(w):
