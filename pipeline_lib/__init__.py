@@ -1,13 +1,22 @@
 """sparseflows: pruning continuous normalizing flows (Sparse Flows, Liebenwein et al. 2021).
 
-Subpackages map one-to-one to the paper's concepts:
+Modules map to the paper's concepts (docs/ARCHITECTURE.md has the data flow):
 
-- :mod:`pipeline_lib.data` — toy, tabular (MAF) and image datasets, downloads;
-- :mod:`pipeline_lib.flows` — FFJORD vector fields and continuous normalizing flows;
-- :mod:`pipeline_lib.training` — optimizers, LR schedule, training loop, checkpoints;
-- :mod:`pipeline_lib.pruning` — masks, unstructured / structured pruning, schedules;
+- :mod:`pipeline_lib.data` — toy 2-D sets (§4.1) and the MAF tabular sets (§4.2), downloads
+  with checksums and safe extraction, train / validation / test splits;
+- :mod:`pipeline_lib.flows` — vector fields (the released ``mlp``, FFJORD's ``concat`` and
+  ``concatsquash``) and continuous normalizing flows (Eq. 2, exact / Hutchinson trace, RNODE);
+- :mod:`pipeline_lib.training` — optimizers, LR schedule, training loop, resumable checkpoints;
+- :mod:`pipeline_lib.pruning` — masks, unstructured / structured pruning (Table 1) with the
+  released code's budget over all parameters, prune schedules;
 - :mod:`pipeline_lib.sparse_flow` — Algorithm 1 (iterative prune / retrain with LR rewinding);
-- :mod:`pipeline_lib.evaluation` — test NLL and further metrics.
+- :mod:`pipeline_lib.evaluation` — test NLL, good-quality samples (§4.4), the Hessian (§4.5);
+- :mod:`pipeline_lib.reporting` — summary, tables beside the published numbers, figures;
+- :mod:`pipeline_lib.experiment`, :mod:`pipeline_lib.stages` — configuration and the
+  workflow's jobs; :mod:`pipeline_lib.io`, :mod:`pipeline_lib.manifest`,
+  :mod:`pipeline_lib.devices` — signed atomic files, one study per results directory, GPUs.
+
+Image flows (§4.3) and neural-ODE classifiers (§4.6) are not implemented yet.
 """
 
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ __all__ = [
     "data_id",
     "describe_validation_error",
     "expand_experiments",
+    "metric_settings",
     "flow_config",
     "prune_config",
     "per_seed_settings",
@@ -115,6 +116,31 @@ def training_settings(exp: dict) -> dict:
         if isinstance(out.get(section), dict):
             for key in keys:
                 out[section].pop(key, None)
+    return out
+
+
+#: The per-checkpoint metrics, one evaluation job each: test NLL, good samples with the
+#: density snapshot (2-D data), and the Hessian eigen-analysis.
+METRICS = ("nll", "samples", "hessian")
+
+#: The evaluation settings every metric reads: how the NLL is integrated.
+_NLL_SETTINGS = ("trace", "solver", "batch_size")
+
+
+def metric_settings(exp: dict, metric: str) -> dict:
+    """What one metric's evaluation job reads of an experiment, and nothing else: the
+    ``evaluation`` keys of the NLL integration, plus the metric's own section (``samples``,
+    ``hessian``) and, for samples, the dataset (whether it has Gaussian modes). These are the
+    parameters of its job, so that editing e.g. ``evaluation.hessian`` re-runs only the
+    Hessian jobs. The model's own settings come with the checkpoint."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose among {list(METRICS)}")
+    ev = exp.get("evaluation") or {}
+    out: dict[str, Any] = {"evaluation": {k: ev.get(k) for k in _NLL_SETTINGS if k in ev}}
+    if metric != "nll":
+        out["evaluation"][metric] = copy.deepcopy(ev.get(metric) or {})
+    if metric == "samples":
+        out["dataset"] = exp["dataset"]
     return out
 
 

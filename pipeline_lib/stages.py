@@ -331,7 +331,8 @@ def _hessian(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: i
     return result
 
 
-def evaluate_checkpoint(
+def evaluate_metric(
+    metric: str,
     exp: dict,
     *,
     data_dir: str | Path,
@@ -341,29 +342,44 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict:
-    """Evaluate one checkpoint; ``out`` maps ``nll``, ``samples``, ``snapshot``, ``hessian`` to
-    the files to write. Rounds skipped after an early stop are not evaluated again (their
-    files say ``skipped``); parts that are disabled or do not apply say ``enabled: false``.
+    """Evaluate one metric of one checkpoint (``metric`` in ``nll``, ``samples``, ``hessian``;
+    ``exp`` needs only :func:`~pipeline_lib.experiment.metric_settings`) and write ``out``:
+    ``{"nll": file}``, ``{"hessian": file}`` or ``{"samples": file, "snapshot": file}``. Each
+    file names the checkpoint it measured. Rounds skipped after an early stop are not evaluated
+    again (their files say ``skipped``); a part that does not apply says ``enabled: false``.
     """
     import numpy as np
 
     from pipeline_lib.io import atomic_write
 
     record = read_record(record_path)
+    snapshot = None
     if record.get("skipped"):
-        results = {k: {"skipped": True} for k in ("nll", "samples", "hessian")}
-        snapshot = None
+        result: dict = {"skipped": True}
     else:
         data = DataSplits.load(data_dir)
         model = load_model(model_path, device, record["model_digest"])
-        results = {
-            "nll": _test_nll(exp, model, data, device, seed),
-            "hessian": _hessian(exp, model, data, device, seed),
-        }
-        results["samples"], snapshot = _samples(exp, model, data, device, seed)
-    arrays = snapshot or {"available": np.array(False)}
-    atomic_write(out["snapshot"], lambda fh: np.savez_compressed(fh, **arrays))
-    for key, payload in results.items():
-        # each metrics file names the checkpoint it measured
-        write_json(out[key], {**payload, "model_digest": record["model_digest"]}, signed=True)
+        if metric == "nll":
+            result = _test_nll(exp, model, data, device, seed)
+        elif metric == "hessian":
+            result = _hessian(exp, model, data, device, seed)
+        elif metric == "samples":
+            result, snapshot = _samples(exp, model, data, device, seed)
+        else:
+            raise ValueError(f"unknown metric {metric!r}; choose nll, samples or hessian")
+    if "snapshot" in out:
+        arrays = snapshot or {"available": np.array(False)}
+        atomic_write(out["snapshot"], lambda fh: np.savez_compressed(fh, **arrays))
+    write_json(out[metric], {**result, "model_digest": record["model_digest"]}, signed=True)
+    return result
+
+
+def evaluate_checkpoint(exp: dict, *, out: dict[str, str | Path], **where: Any) -> dict:
+    """Every metric of one checkpoint: :func:`evaluate_metric` for each, with the same
+    keyword arguments (``data_dir``, ``model_path``, ``record_path``, ``device``, ``seed``);
+    ``out`` maps ``nll``, ``samples``, ``snapshot``, ``hessian`` to the files to write."""
+    results = {}
+    for metric in ("nll", "hessian", "samples"):
+        keys = ("samples", "snapshot") if metric == "samples" else (metric,)
+        results[metric] = evaluate_metric(metric, exp, out={k: out[k] for k in keys}, **where)
     return results

@@ -1,4 +1,5 @@
-"""A tiny 2-D flow, its data and training settings, shared by the training tests."""
+"""A tiny 2-D flow, its data and training settings: the one factory the tests share (as plain
+functions for parametrized use, and as the fixtures of ``conftest.py``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,17 @@ def toy_data(n: int, seed: int) -> torch.Tensor:
     return centers[k] + 0.3 * torch.randn(n, 2, generator=g)
 
 
-def make_flow(seed: int = 0):
+def make_flow(
+    seed: int = 0,
+    hidden_dims: tuple[int, ...] = (16, 16),
+    solver: SolverConfig = FAST,
+    **flow: object,
+):
+    """A 2-D FFJORD flow (concatsquash by default, exact trace unless ``trace`` is given),
+    seeded; ``flow`` passes further :class:`FlowConfig` settings."""
     torch.manual_seed(seed)
-    return build_flow(FlowConfig(dim=2, hidden_dims=(16, 16), solver=FAST, trace="exact"))
+    flow = {"trace": "exact", **flow}
+    return build_flow(FlowConfig(dim=2, hidden_dims=hidden_dims, solver=solver, **flow))
 
 
 def cfg(**kw) -> TrainConfig:

@@ -9,9 +9,10 @@ import re
 import pandas as pd
 import pytest
 import torch
+from flow_helpers import make_flow
 
 from pipeline_lib.evaluation.hessian import HessianOperator
-from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
+from pipeline_lib.flows import SolverConfig
 from pipeline_lib.pruning import prune
 from pipeline_lib.training import TrainConfig, train
 
@@ -20,9 +21,7 @@ CUDA = torch.device("cuda")
 
 
 def tiny_flow(trace: str = "exact", solver: SolverConfig | None = None):
-    torch.manual_seed(0)
-    cfg = FlowConfig(dim=2, hidden_dims=(16, 16), trace=trace, solver=solver or SolverConfig())
-    return build_flow(cfg).double()
+    return make_flow(trace=trace, solver=solver or SolverConfig()).double()
 
 
 def four_modes(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +100,9 @@ def test_workflow_runs_the_torch_rules_on_the_gpu(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-4000:]
     logs = sorted((tmp_path / "results" / "logs" / "tiny").rglob("round*.log"))
-    logs += sorted((tmp_path / "results" / "logs" / "tiny").rglob("evaluate.log"))
-    assert len(logs) == 5 + 5  # train_dense + 4 prune rounds, and their evaluations
+    logs += sorted((tmp_path / "results" / "logs" / "tiny").rglob("evaluate_*.log"))
+    # train_dense + 4 prune rounds, and their evaluations (NLL, samples, Hessian)
+    assert len(logs) == 5 + 3 * 5
     for log in logs:
         assert re.search(r"device cuda:\d+", log.read_text()), log
     df = pd.read_parquet(tmp_path / "results" / "summary.parquet")

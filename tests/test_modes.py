@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from flow_helpers import make_flow
 
 from pipeline_lib.data.splits import DataSplits
 from pipeline_lib.data.toy import generate_toy, toy_modes
@@ -20,7 +21,7 @@ from pipeline_lib.evaluation.modes import (
     mahalanobis_to_modes,
     nearest_mode,
 )
-from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
+from pipeline_lib.flows import SolverConfig
 
 RESULT_KEYS = {
     "n_samples",
@@ -228,9 +229,9 @@ def test_errors_say_what_is_wrong():
 
 
 def tiny_flow():
-    torch.manual_seed(0)
-    cfg = FlowConfig(dim=2, hidden_dims=(8,), solver=SolverConfig(method="rk4", step_size=0.5))
-    return build_flow(cfg)
+    return make_flow(
+        hidden_dims=(8,), solver=SolverConfig(method="rk4", step_size=0.5), trace="hutchinson"
+    )
 
 
 def test_evaluate_modes_on_an_untrained_flow():

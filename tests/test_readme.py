@@ -7,9 +7,12 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow  # a real training run
 def test_readme_example_trains_and_prunes_three_rounds():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     example = next(b for b in blocks if "run_sparse_flow" in b)

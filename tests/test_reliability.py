@@ -416,13 +416,12 @@ def test_every_loader_names_the_unreadable_file(tmp_path):
         DataSplits.load(tmp_path / "data")
 
 
-def test_library_loop_retrains_a_round_whose_prune_settings_changed(tmp_path):
+def test_library_loop_retrains_a_round_whose_prune_settings_changed(tmp_path, toy_splits):
     """run_sparse_flow resumes from its work directory only what was trained under the same
     round, method, keep ratio and starting weights."""
-    from pipeline_lib.data import DataSplits
     from pipeline_lib.sparse_flow import PruneConfig, run_sparse_flow
 
-    data = DataSplits(train=toy_data(256, 0), val=toy_data(64, 1), test=toy_data(64, 2))
+    data = toy_splits
     prune_cfg = PruneConfig(method="unstructured", prune_ratio_per_round=0.5, rounds=1)
     first = run_sparse_flow(make_flow(), data, cfg(epochs=1), prune_cfg, workdir=tmp_path)
     prune_cfg = PruneConfig(method="unstructured", prune_ratio_per_round=0.2, rounds=1)

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from flow_helpers import make_flow
 
-from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
+from pipeline_lib.flows import SolverConfig
 from pipeline_lib.sparse_flow import PruneConfig, run_sparse_flow
 from pipeline_lib.training import TrainConfig
 
@@ -22,9 +23,7 @@ def tiny_data():
 
 
 def tiny_flow():
-    torch.manual_seed(0)
-    solver = SolverConfig(method="rk4", step_size=0.5)
-    return build_flow(FlowConfig(dim=2, hidden_dims=(16, 16), solver=solver, trace="exact"))
+    return make_flow(solver=SolverConfig(method="rk4", step_size=0.5))
 
 
 TRAIN = TrainConfig(epochs=1, batch_size=128, lr=1e-2)

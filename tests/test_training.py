@@ -18,6 +18,7 @@ from pipeline_lib.training import (
 )
 
 
+@pytest.mark.slow  # a real training run
 def test_training_lowers_validation_nll():
     x, v = toy_data(1024, 0), toy_data(256, 1)
     flow = make_flow()

@@ -18,7 +18,7 @@ from pipeline_lib.experiment import (  # noqa: E402
     data_id,
     describe_validation_error,
     expand_experiments,
-    per_seed_settings,
+    metric_settings,
     round_count,
     training_settings,
 )
@@ -68,6 +68,10 @@ wildcard_constraints:
     data_id="[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
+# a checkpoint directory below seed<k>/: the dense warm start or a pruned round
+CHECKPOINT_PATH = "round000|(unstructured|structured)/round[0-9]{3}"
+
+
 def data_dir(exp_name):
     return f"{RESULTS}/data/{data_id(EXPERIMENTS[exp_name])}"
 
@@ -100,12 +104,16 @@ def checkpoint_dir(name, method, seed, r):
 
 
 def records_of(name):
-    """Every round record and metric file of one experiment."""
+    """Every round record and the files of its enabled metrics, for one experiment."""
+    metrics = ["nll.json"]
+    if name in with_samples():
+        metrics.append("samples.json")
+    if name in with_hessian():
+        metrics.append("hessian.json")
     files = []
     for method, seed, r in runs(name):
         d = checkpoint_dir(name, method, seed, r)
-        files += [f"{d}/round.json", f"{d}/metrics/nll.json"]
-        files += [f"{d}/metrics/samples.json", f"{d}/metrics/hessian.json"]
+        files += [f"{d}/round.json", *[f"{d}/metrics/{m}" for m in metrics]]
     return files
 
 
@@ -188,9 +196,9 @@ def snapshots(w):
     return files
 
 
-def experiment_params(w):
-    """The experiment as one chain sees it (the lists of seeds and methods left out)."""
-    return per_seed_settings(EXPERIMENTS[w.experiment])
+def metric_params(metric):
+    """The parameters of one metric's evaluation jobs: the settings it reads, nothing else."""
+    return lambda w: metric_settings(EXPERIMENTS[w.experiment], metric)
 
 
 def training_params(w):

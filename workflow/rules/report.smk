@@ -5,8 +5,8 @@
 localrules:
     aggregate_experiment,
     summary,
-    tables,
-    figures,
+    nll_table,
+    nll_figure,
     good_samples_table,
     hessian_table,
     density_figures,
@@ -41,7 +41,7 @@ rule summary:
         "../scripts/summary.py"
 
 
-rule tables:
+rule nll_table:
     input:
         summary=SUMMARY,
     output:
@@ -59,10 +59,10 @@ rule tables:
     params:
         published=config["report"]["published_dir"],
     script:
-        "../scripts/tables.py"
+        "../scripts/nll_table.py"
 
 
-rule figures:
+rule nll_figure:
     input:
         summary=SUMMARY,
     output:
@@ -79,7 +79,7 @@ rule figures:
     params:
         published=config["report"]["published_dir"],
     script:
-        "../scripts/figures.py"
+        "../scripts/nll_figure.py"
 
 
 rule good_samples_table:

@@ -1,4 +1,4 @@
-"""Rule figures: NLL vs prune ratio, one panel per dataset (Sparse Flows Figs. 2, 4, 7, 8)."""
+"""Rule nll_figure: NLL vs prune ratio, one panel per dataset (Sparse Flows Figs. 2, 4, 7, 8)."""
 
 from _runtime import setup_logging
 

@@ -1,4 +1,4 @@
-"""Rule tables: per-dataset NLL table (Tables S4-S10 layout) beside the published values."""
+"""Rule nll_table: per-dataset NLL table (Tables S4-S10 layout) beside the published values."""
 
 from _runtime import setup_logging
 
