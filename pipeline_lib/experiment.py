@@ -24,6 +24,7 @@ from pipeline_lib.sparse_flow import PruneConfig
 from pipeline_lib.training import TrainConfig
 
 __all__ = [
+    "METRICS",
     "check_device",
     "check_experiment",
     "check_results_dir",
@@ -32,10 +33,10 @@ __all__ = [
     "data_id",
     "describe_validation_error",
     "expand_experiments",
-    "metric_settings",
     "flow_config",
-    "prune_config",
+    "metric_settings",
     "per_seed_settings",
+    "prune_config",
     "round_count",
     "train_config",
     "training_settings",

@@ -23,8 +23,9 @@ time conditioning is never scored). Biases are never scored. Both methods follow
 released code in what a keep ratio counts: a budget of nonzero parameters over *all*
 parameters, biases and unprunable layers included (:func:`prune_unstructured` meets it
 exactly by the number of weights it keeps; :func:`prune_structured` to within one neuron).
-In structured pruning a removed neuron loses its weight row and the input columns it feeds in the next layer (the output
-layer's included) but keeps its bias (for concatsquash its time path is zeroed too).
+In structured pruning a removed neuron loses its weight row and the input columns it feeds
+in the next layer (the output layer's included) but keeps its bias (for concatsquash its time
+path is zeroed too).
 Modules with ``is_output_layer = True`` are the output layers of the vector fields:
 structured pruning never removes their rows, since that would remove output dimensions of
 the dynamics.

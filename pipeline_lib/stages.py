@@ -28,6 +28,7 @@ import torch
 from pipeline_lib.data import DataSplits
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.experiment import (
+    METRICS,
     config_hash,
     flow_config,
     prune_config,
@@ -352,6 +353,8 @@ def evaluate_metric(
 
     from pipeline_lib.io import atomic_write
 
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose among {list(METRICS)}")
     record = read_record(record_path)
     snapshot = None
     if record.get("skipped"):
@@ -359,14 +362,10 @@ def evaluate_metric(
     else:
         data = DataSplits.load(data_dir)
         model = load_model(model_path, device, record["model_digest"])
-        if metric == "nll":
-            result = _test_nll(exp, model, data, device, seed)
-        elif metric == "hessian":
-            result = _hessian(exp, model, data, device, seed)
-        elif metric == "samples":
+        if metric == "samples":
             result, snapshot = _samples(exp, model, data, device, seed)
         else:
-            raise ValueError(f"unknown metric {metric!r}; choose nll, samples or hessian")
+            result = {"nll": _test_nll, "hessian": _hessian}[metric](exp, model, data, device, seed)
     if "snapshot" in out:
         arrays = snapshot or {"available": np.array(False)}
         atomic_write(out["snapshot"], lambda fh: np.savez_compressed(fh, **arrays))
@@ -379,7 +378,7 @@ def evaluate_checkpoint(exp: dict, *, out: dict[str, str | Path], **where: Any) 
     keyword arguments (``data_dir``, ``model_path``, ``record_path``, ``device``, ``seed``);
     ``out`` maps ``nll``, ``samples``, ``snapshot``, ``hessian`` to the files to write."""
     results = {}
-    for metric in ("nll", "hessian", "samples"):
+    for metric in METRICS:
         keys = ("samples", "snapshot") if metric == "samples" else (metric,)
         results[metric] = evaluate_metric(metric, exp, out={k: out[k] for k in keys}, **where)
     return results

@@ -22,13 +22,13 @@ def make_flow(
     seed: int = 0,
     hidden_dims: tuple[int, ...] = (16, 16),
     solver: SolverConfig = FAST,
-    **flow: object,
+    **settings: object,
 ):
     """A 2-D FFJORD flow (concatsquash by default, exact trace unless ``trace`` is given),
-    seeded; ``flow`` passes further :class:`FlowConfig` settings."""
+    seeded; ``settings`` passes further :class:`FlowConfig` settings."""
     torch.manual_seed(seed)
-    flow = {"trace": "exact", **flow}
-    return build_flow(FlowConfig(dim=2, hidden_dims=hidden_dims, solver=solver, **flow))
+    settings = {"trace": "exact", **settings}
+    return build_flow(FlowConfig(dim=2, hidden_dims=hidden_dims, solver=solver, **settings))
 
 
 def cfg(**kw) -> TrainConfig:

@@ -62,9 +62,10 @@ with ``step_size``) can be passed instead to make the grid explicit.
 
 **Divergence noise.** The log-density of an FFJORD flow with a Hutchinson divergence estimator
 depends on the noise ε; on a fixed step grid the NLL is linear in εεᵀ, so the Hessian at a
-fixed ε is an unbiased estimate of the Hessian of the exact NLL. The operator holds ε fixed: every solve receives a
-``torch.Generator`` seeded with ``noise_seed``. ``divergence="exact"`` (the default of
-:class:`HessianConfig`, cheap for the 2-D data of Table 5) removes the noise altogether.
+fixed ε is an unbiased estimate of the Hessian of the exact NLL. The operator holds ε fixed:
+every solve receives a ``torch.Generator`` seeded with ``noise_seed``. By default the flow's
+own divergence is used, as released (Hutchinson for the paper's flows); ``divergence="exact"``
+(cheap for 2-D data) removes the noise altogether.
 
 **Differences from the released analysis** (its Hessian: all parameters that require grad,
 coordinates that are exactly 0 masked out, one batch of a random 10 % of the training split,
