@@ -1,13 +1,39 @@
-"""Experiments as configured: dataset × model × training × pruning × seeds.
+"""One experiment, typed: dataset × data × model × training × evaluation × pruning × seeds.
 
-Turns one validated experiment entry of the workflow configuration (see ``config/README.md``)
-into the library's typed configurations, expands ``sweep`` entries into the product of their
-values (the ablations of Sparse Flows §S7), and gives each experiment a stable hash.
+:func:`load_experiments` is the only way from a workflow configuration (``config/README.md``)
+to experiments: it validates the configuration against the schema (which fills in its
+defaults), expands ``sweep`` entries into the product of their values (the ablations of Sparse
+Flows §S7) and builds one frozen :class:`Experiment` per name, whose every section is the
+library's own typed configuration. Every inconsistent setting fails here, at start-up, with a
+message that names the full key path. The Snakefile and every rule script use the same
+objects: a job receives its experiment as ``params`` (:meth:`Experiment.to_dict`, rebuilt with
+:meth:`Experiment.from_dict`) and never reads the configuration again.
+
+Where each setting lives (its default included) is one dataclass per section:
+
+============================  ====================================================
+``data``                      :class:`DataConfig` (toy generator)
+``model``                     :data:`MODEL_FAMILIES` by ``model.family``: ``ffjord``
+                              → :class:`~pipeline_lib.flows.FlowConfig`
+``solver``                    :class:`~pipeline_lib.flows.SolverConfig`
+``train``                     :class:`~pipeline_lib.training.TrainConfig`
+``evaluation``                :class:`EvaluationConfig`, with ``samples``
+                              (:class:`SamplesConfig`) and ``hessian``
+                              (:class:`~pipeline_lib.evaluation.hessian.HessianConfig`)
+``prune``                     :class:`~pipeline_lib.sparse_flow.PruneConfig` and ``methods``
+============================  ====================================================
+
+The schema keeps types, ranges and ``additionalProperties: false``; its defaults equal the
+dataclasses' (a test compares them). A new model family (the §4.6 classifier, the §4.3
+multiscale image flow) is a new entry of :data:`MODEL_FAMILIES` and of the schema's
+``model.family`` enum.
 
 Example::
 
-    exps = expand_experiments(config["experiments"])
-    flow_cfg = flow_config(exps["gaussians"], dim=2)
+    exps = load_experiments(config)           # validates, expands, builds
+    exp = exps["gaussians"]
+    flow = build_flow(exp.flow_config(dim=2))
+    exp.rounds, exp.data_id, exp.rerun_key
 """
 
 from __future__ import annotations
@@ -17,30 +43,43 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from pipeline_lib.evaluation.hessian import HessianConfig
 from pipeline_lib.flows import FlowConfig, SolverConfig
 from pipeline_lib.sparse_flow import PruneConfig
 from pipeline_lib.training import TrainConfig
 
 __all__ = [
     "METRICS",
+    "MODEL_FAMILIES",
+    "SCHEMA",
+    "DataConfig",
+    "EvaluationConfig",
+    "Experiment",
+    "SamplesConfig",
     "check_device",
-    "check_experiment",
     "check_results_dir",
     "check_yaml_keys",
-    "config_hash",
-    "data_id",
     "describe_validation_error",
     "expand_experiments",
-    "flow_config",
-    "metric_settings",
-    "per_seed_settings",
-    "prune_config",
-    "round_count",
-    "train_config",
+    "load_experiments",
     "training_settings",
 ]
+
+#: The workflow configuration's schema: types, ranges, defaults (equal to the dataclasses').
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+#: The per-checkpoint metrics, one evaluation job each: test NLL, good samples with the
+#: density snapshot (2-D data), and the Hessian eigen-analysis.
+METRICS = ("nll", "samples", "hessian")
+
+#: Model families by ``model.family``: the configuration class of each. ``ffjord`` is the
+#: FFJORD flow over vectors (toy and tabular data, §4.1–4.2).
+MODEL_FAMILIES: dict[str, type] = {"ffjord": FlowConfig}
 
 #: Settings that cannot change a trained model: what the evaluation of a checkpoint measures
 #: (samples, Hessian), how often training logs and validates (the last epoch is always
@@ -50,6 +89,259 @@ NOT_TRAINING = {
     "evaluation": ("samples", "hessian"),
     "train": ("log_every", "val_every", "divergence_nats", "on_divergence"),
 }
+
+#: The evaluation settings every metric reads: how the NLL is integrated.
+_NLL_SETTINGS = ("trace", "solver", "batch_size")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Toy data generator settings (ignored for tabular data); ``None`` keeps the dataset's
+    own value (:func:`~pipeline_lib.data.toy.generate_toy`)."""
+
+    seed: int = 0
+    n_per_mode: int | None = None
+    n_samples: int | None = None
+    noise: float | None = None
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~pipeline_lib.data.toy.generate_toy` (seed apart)."""
+        return {k: v for k, v in asdict(self).items() if k != "seed" and v is not None}
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """Sample-based evaluation of 2-D flows: good-quality samples (§4.4, Table 4) from
+    ``n_samples`` draws within ``n_std`` standard deviations of a mode, and the density /
+    vector-field snapshot of Figs. 5–6 on a ``grid_resolution``² grid over
+    [−``grid_extent``, ``grid_extent``]² with ``snapshot_samples`` drawn points."""
+
+    enabled: bool = True
+    n_samples: int = 20_000
+    n_std: tuple[float, ...] = (2, 3, 5)
+    grid_extent: float = 3.0
+    grid_resolution: int = 100
+    snapshot_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_std", tuple(self.n_std))
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How every checkpoint is evaluated: the NLL integration (``trace``: None = the model's
+    own; ``solver``: None = the training solver; ``batch_size``), shared by validation and
+    every metric, and the settings of the sample and Hessian metrics."""
+
+    trace: str | None = None
+    batch_size: int = 10_000
+    solver: SolverConfig | None = None
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    hessian: HessianConfig = field(default_factory=HessianConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvaluationConfig:
+        """Build from a config mapping; missing keys take their defaults."""
+        d = dict(d)
+        solver = d.pop("solver", None)
+        return cls(
+            solver=SolverConfig(**solver) if solver else None,
+            samples=SamplesConfig(**(d.pop("samples", None) or {})),
+            hessian=HessianConfig.from_dict(d.pop("hessian", None) or {}),
+            **d,
+        )
+
+    def enabled(self, metric: str) -> bool:
+        """Whether ``metric`` (one of :data:`METRICS`) is evaluated."""
+        _check_metric(metric)
+        return metric == "nll" or getattr(self, metric).enabled
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose among {list(METRICS)}")
+
+
+def _section(where: str, build):
+    """Build one section; a library error becomes one naming the section's full key path."""
+    try:
+        return build()
+    except (TypeError, ValueError) as err:
+        section = where.rsplit(".", 1)[-1]
+        message = re.sub(rf"(?<![\w.]){section}\.", f"{where}.", str(err))
+        raise ValueError(f"invalid configuration at '{where}': {message}") from None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of a study, as validated and expanded: every section typed.
+
+    ``spec`` is the configuration entry it was built from, with the schema's defaults filled
+    in; :meth:`to_dict` returns it and :meth:`from_dict` builds the same experiment from it,
+    which is how a job receives its experiment through ``params``.
+    """
+
+    name: str
+    dataset: str
+    seeds: tuple[int, ...]
+    data: DataConfig
+    model: FlowConfig
+    train: TrainConfig
+    evaluation: EvaluationConfig
+    prune: PruneConfig
+    methods: tuple[str, ...]
+    spec: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, name: str, entry: Mapping[str, Any]) -> Experiment:
+        """Build from one schema-validated (defaults filled) experiment entry.
+
+        Raises:
+            ValueError: an inconsistent setting (e.g. a fixed-grid solver without a step size),
+                naming the full key path (``experiments.<name>.solver.step_size``).
+        """
+        where = f"experiments.{name}"
+        e = copy.deepcopy(dict(entry))
+        model = dict(e.get("model") or {})
+        family = model.pop("family", "ffjord")
+        if family not in MODEL_FAMILIES:
+            raise ValueError(
+                f"invalid configuration at '{where}.model.family': unknown model family "
+                f"{family!r}; use one of {sorted(MODEL_FAMILIES)}"
+            )
+        solver = _section(f"{where}.solver", lambda: SolverConfig(**(e.get("solver") or {})))
+        prune = dict(e.get("prune") or {})
+        methods = tuple(prune.pop("methods", ("unstructured", "structured")))
+        ev = dict(e.get("evaluation") or {})
+        ev_solver = ev.pop("solver", None)
+        evaluation = _section(
+            f"{where}.evaluation",
+            lambda: EvaluationConfig(
+                solver=_section(
+                    f"{where}.evaluation.solver",
+                    lambda: SolverConfig(**ev_solver) if ev_solver else None,
+                ),
+                samples=_section(
+                    f"{where}.evaluation.samples",
+                    lambda: SamplesConfig(**(ev.pop("samples", None) or {})),
+                ),
+                hessian=_section(
+                    f"{where}.evaluation.hessian",
+                    lambda: HessianConfig.from_dict(ev.pop("hessian", None) or {}),
+                ),
+                **ev,
+            ),
+        )
+        exp = cls(
+            name=name,
+            dataset=e["dataset"],
+            seeds=tuple(int(s) for s in e.get("seeds", (0,))),
+            data=_section(f"{where}.data", lambda: DataConfig(**(e.get("data") or {}))),
+            model=_section(
+                f"{where}.model",
+                lambda: MODEL_FAMILIES[family].from_dict({**model, "solver": solver}),
+            ),
+            train=_section(f"{where}.train", lambda: TrainConfig(**(e.get("train") or {}))),
+            evaluation=evaluation,
+            prune=_section(f"{where}.prune", lambda: PruneConfig(**prune)),
+            methods=methods,
+            spec=e,
+        )
+        _section(f"{where}.prune", lambda: exp.prune.keep_ratios())
+        return exp
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration entry (schema defaults filled in), inverse of :meth:`from_dict`."""
+        return copy.deepcopy(dict(self.spec))
+
+    # -- what the workflow derives from an experiment --------------------------------------
+
+    @property
+    def family(self) -> str:
+        """The model family (a key of :data:`MODEL_FAMILIES`)."""
+        return next(k for k, v in MODEL_FAMILIES.items() if isinstance(self.model, v))
+
+    @property
+    def rounds(self) -> int:
+        """Number of prune rounds R (Algorithm 1)."""
+        return len(self.prune.keep_ratios())
+
+    @property
+    def data_id(self) -> str:
+        """Name of the data directory: the dataset, plus a hash of toy-generator settings."""
+        data = {k: v for k, v in asdict(self.data).items() if v is not None and k != "seed"}
+        if not data and self.data.seed == 0:
+            return self.dataset
+        payload = json.dumps([data, self.data.seed], sort_keys=True).encode()
+        return f"{self.dataset}-{hashlib.sha1(payload).hexdigest()[:8]}"
+
+    @property
+    def rerun_key(self) -> dict[str, Any]:
+        """What shapes a trained model (:func:`training_settings`): the parameters that decide
+        whether a training job reruns, and what a saved training state must match."""
+        return training_settings(self.spec)
+
+    @property
+    def config_hash(self) -> str:
+        """Short stable hash of the experiment's settings (seeds excluded): the study manifest's."""
+        return _settings_hash(self.spec)
+
+    @property
+    def rerun_hash(self) -> str:
+        """Short stable hash of :attr:`rerun_key`: what a round's model was trained under."""
+        return _settings_hash(self.rerun_key)
+
+    def runs(self) -> list[tuple[str | None, int, int]]:
+        """``(method, seed, round)`` of every checkpoint; round 0 (dense) once per seed."""
+        out: list[tuple[str | None, int, int]] = []
+        for seed in self.seeds:
+            out.append((None, seed, 0))
+            for method in self.methods:
+                out += [(method, seed, r) for r in range(1, self.rounds + 1)]
+        return out
+
+    # -- the library's configurations for one job ----------------------------------------
+
+    def flow_config(self, dim: int) -> FlowConfig:
+        """The flow architecture with its training solver, for data of dimension ``dim``."""
+        return replace(self.model, dim=dim)
+
+    def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
+        """Training hyperparameters (Tables S1–S3), validating with the evaluation settings."""
+        ev = self.evaluation
+        return replace(
+            self.train,
+            eval_batch_size=ev.batch_size,
+            eval_solver=ev.solver,
+            eval_trace=ev.trace,
+            device=device,
+            seed=seed,
+        )
+
+    def prune_config(self, method: str) -> PruneConfig:
+        """Pruning settings for one method."""
+        return replace(self.prune, method=method)
+
+    def metric_settings(self, metric: str) -> dict[str, Any]:
+        """What one metric's evaluation job reads, and nothing else: the ``evaluation`` keys of
+        the NLL integration, plus the metric's own section (``samples``, ``hessian``) and, for
+        samples, the dataset (whether it has Gaussian modes). These are the parameters of its
+        job, so that editing e.g. ``evaluation.hessian`` re-runs only the Hessian jobs. The
+        model's own settings come with the checkpoint. :meth:`EvaluationConfig.from_dict`
+        reads the ``evaluation`` part back."""
+        _check_metric(metric)
+        ev = self.spec.get("evaluation") or {}
+        out: dict[str, Any] = {"evaluation": {k: ev.get(k) for k in _NLL_SETTINGS if k in ev}}
+        if metric != "nll":
+            out["evaluation"][metric] = copy.deepcopy(ev.get(metric) or {})
+        if metric == "samples":
+            out["dataset"] = self.dataset
+        return out
+
+
+def _settings_hash(settings: Mapping[str, Any]) -> str:
+    payload = {k: v for k, v in settings.items() if k not in ("seeds", "sweep")}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _slug(value: Any) -> str:
@@ -88,108 +380,62 @@ def expand_experiments(experiments: dict[str, dict]) -> dict[str, dict]:
             e = copy.deepcopy(base)
             parts = []
             for key, value in zip(keys, combo, strict=True):
-                section, field = key.split(".", 1)
+                section, name_ = key.split(".", 1)
                 e.setdefault(section, {})
                 if e[section] is None:
                     e[section] = {}
-                e[section][field] = copy.deepcopy(value)
-                parts.append(f"{field}-{_slug(value)}")
+                e[section][name_] = copy.deepcopy(value)
+                parts.append(f"{name_}-{_slug(value)}")
             add(f"{name}__{'__'.join(parts)}", e, f"the sweep of experiments.{name}")
     return out
 
 
-def per_seed_settings(exp: dict) -> dict:
-    """The experiment as one (seed, method) chain of it sees it: without the list of seeds and
+def load_experiments(config: dict[str, Any]) -> dict[str, Experiment]:
+    """Validate a workflow configuration, expand its sweeps and build its experiments.
+
+    The schema's defaults are filled into ``config`` in place (``results``, ``compute``, ...
+    included), so the caller reads them from it.
+
+    Raises:
+        ValueError: the configuration is invalid; one line naming the key, the problem and
+            the fix (:func:`describe_validation_error`).
+    """
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(SCHEMA))
+        entries = expand_experiments(config["experiments"])
+        validate({"experiments": entries}, str(SCHEMA))
+    except ValueError as err:
+        if str(err).startswith("invalid configuration"):
+            raise
+        raise ValueError(describe_validation_error(err)) from None
+    except Exception as err:
+        raise ValueError(describe_validation_error(err)) from None
+    return {name: Experiment.from_dict(name, e) for name, e in entries.items()}
+
+
+def per_seed_settings(exp: Mapping[str, Any]) -> dict:
+    """An experiment entry as one (seed, method) chain sees it: without the list of seeds and
     the list of pruning methods, which are wildcards of the jobs. Adding a seed or a method to
     an experiment therefore plans new jobs and leaves the finished ones alone."""
-    out = copy.deepcopy(exp)
+    out = copy.deepcopy(dict(exp))
     out.pop("seeds", None)
     if isinstance(out.get("prune"), dict):
         out["prune"].pop("methods", None)
     return out
 
 
-def training_settings(exp: dict) -> dict:
-    """:func:`per_seed_settings` without the settings of :data:`NOT_TRAINING`: the parameters of
-    the training jobs, so that editing them re-evaluates checkpoints instead of retraining."""
+def training_settings(exp: Mapping[str, Any]) -> dict:
+    """:func:`per_seed_settings` without the settings of :data:`NOT_TRAINING`: what shapes a
+    trained model (:attr:`Experiment.rerun_key`), so that editing the others re-evaluates
+    checkpoints instead of retraining."""
     out = per_seed_settings(exp)
     for section, keys in NOT_TRAINING.items():
         if isinstance(out.get(section), dict):
             for key in keys:
                 out[section].pop(key, None)
     return out
-
-
-#: The per-checkpoint metrics, one evaluation job each: test NLL, good samples with the
-#: density snapshot (2-D data), and the Hessian eigen-analysis.
-METRICS = ("nll", "samples", "hessian")
-
-#: The evaluation settings every metric reads: how the NLL is integrated.
-_NLL_SETTINGS = ("trace", "solver", "batch_size")
-
-
-def metric_settings(exp: dict, metric: str) -> dict:
-    """What one metric's evaluation job reads of an experiment, and nothing else: the
-    ``evaluation`` keys of the NLL integration, plus the metric's own section (``samples``,
-    ``hessian``) and, for samples, the dataset (whether it has Gaussian modes). These are the
-    parameters of its job, so that editing e.g. ``evaluation.hessian`` re-runs only the
-    Hessian jobs. The model's own settings come with the checkpoint."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose among {list(METRICS)}")
-    ev = exp.get("evaluation") or {}
-    out: dict[str, Any] = {"evaluation": {k: ev.get(k) for k in _NLL_SETTINGS if k in ev}}
-    if metric != "nll":
-        out["evaluation"][metric] = copy.deepcopy(ev.get(metric) or {})
-    if metric == "samples":
-        out["dataset"] = exp["dataset"]
-    return out
-
-
-def config_hash(exp: dict) -> str:
-    """Short stable hash of an experiment's settings (seeds excluded)."""
-    payload = {k: v for k, v in exp.items() if k not in ("seeds", "sweep")}
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def data_id(exp: dict) -> str:
-    """Name of the data directory: the dataset, plus a hash of toy-generator settings if any."""
-    data = {k: v for k, v in (exp.get("data") or {}).items() if v is not None and k != "seed"}
-    seed = (exp.get("data") or {}).get("seed", 0) or 0
-    if not data and seed == 0:
-        return exp["dataset"]
-    digest = hashlib.sha1(json.dumps([data, seed], sort_keys=True).encode()).hexdigest()[:8]
-    return f"{exp['dataset']}-{digest}"
-
-
-def flow_config(exp: dict, dim: int) -> FlowConfig:
-    """The flow architecture and training solver of an experiment."""
-    model = dict(exp.get("model") or {})
-    return FlowConfig.from_dict({**model, "dim": dim, "solver": dict(exp.get("solver") or {})})
-
-
-def train_config(exp: dict, seed: int, device: str = "auto") -> TrainConfig:
-    """Training hyperparameters (Tables S1–S3) with the evaluation settings used for validation."""
-    ev = exp.get("evaluation") or {}
-    solver = ev.get("solver")
-    return TrainConfig(
-        **dict(exp.get("train") or {}),
-        eval_batch_size=ev.get("batch_size", 10_000),
-        eval_solver=SolverConfig(**solver) if solver else None,
-        eval_trace=ev.get("trace"),
-        device=device,
-        seed=seed,
-    )
-
-
-def prune_config(exp: dict, method: str) -> PruneConfig:
-    """Pruning settings of an experiment for one method."""
-    p = {k: v for k, v in (exp.get("prune") or {}).items() if k != "methods"}
-    return PruneConfig(method=method, **p)
-
-
-def round_count(exp: dict) -> int:
-    """Number of prune rounds R the experiment asks for."""
-    return len(prune_config(exp, "unstructured").keep_ratios())
 
 
 def describe_validation_error(err: BaseException) -> str:
@@ -208,36 +454,6 @@ def describe_validation_error(err: BaseException) -> str:
     else:
         fix = "see config/README.md for the allowed values"
     return f"invalid configuration at '{key}': {message}; {fix}"
-
-
-def _qualify(message: str, sections: dict[str, str]) -> str:
-    """Spell the keys a library message names (``solver.step_size``) as full key paths."""
-    for short, full in sections.items():
-        message = re.sub(rf"(?<![\w.]){short}\.", f"{full}.", message)
-    return message
-
-
-def check_experiment(name: str, exp: dict) -> None:
-    """Build every typed configuration of an experiment so that inconsistent settings (e.g. a
-    fixed-grid solver without a step size) fail at start-up; the message names the full key
-    path (``experiments.<name>.evaluation.solver.step_size``)."""
-    where = f"experiments.{name}"
-    ev_solver = (exp.get("evaluation") or {}).get("solver")
-    checks = [
-        (f"{where}.solver", lambda: SolverConfig(**(exp.get("solver") or {}))),
-        (f"{where}.evaluation.solver", lambda: ev_solver and SolverConfig(**ev_solver)),
-        (f"{where}.model", lambda: flow_config(exp, dim=2)),
-        (f"{where}.train", lambda: train_config(exp, seed=0)),
-    ]
-    for method in (exp.get("prune") or {}).get("methods", ["unstructured"]):
-        checks.append((f"{where}.prune", lambda m=method: prune_config(exp, m).keep_ratios()))
-    for key, build in checks:
-        try:
-            build()
-        except (TypeError, ValueError) as err:
-            section = key.rsplit(".", 1)[-1]
-            message = _qualify(str(err), {section: key})
-            raise ValueError(f"invalid configuration at '{key}': {message}") from None
 
 
 def check_results_dir(results: str) -> None:

@@ -50,7 +50,7 @@ __all__ = ["PruneConfig", "RoundResult", "run_sparse_flow", "sparse_flow_round"]
 log = logging.getLogger("sparseflows.sparse_flow")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneConfig:
     """How a flow is sparsified (Algorithm 1 inputs PR and the stopping rule; Tables S1–S3).
 

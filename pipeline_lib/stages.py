@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,7 @@ import torch
 
 from pipeline_lib.data import DataSplits
 from pipeline_lib.evaluation.nll import evaluate_nll
-from pipeline_lib.experiment import (
-    METRICS,
-    config_hash,
-    flow_config,
-    prune_config,
-    train_config,
-    training_settings,
-)
+from pipeline_lib.experiment import METRICS, DataConfig, EvaluationConfig, Experiment
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, build_flow
 from pipeline_lib.io import (
     DIGEST_KEY,
@@ -84,9 +78,8 @@ def load_model(
 
 
 def train_round(
-    exp: dict,
+    exp: Experiment,
     *,
-    experiment: str,
     seed: int,
     method: str | None,
     round_index: int,
@@ -104,15 +97,15 @@ def train_round(
     model and marks its record ``skipped``, at no training cost.
     """
     out_model, out_record = Path(out_model), Path(out_record)
-    rounds_total = len(prune_config(exp, method or "unstructured").keep_ratios())
+    rounds_total = exp.rounds
     base = {
-        "experiment": experiment,
-        "dataset": exp["dataset"],
+        "experiment": exp.name,
+        "dataset": exp.dataset,
         "method": method or "dense",
         "seed": seed,
         "round": round_index,
         "rounds_total": rounds_total,
-        "config_hash": config_hash(training_settings(exp)),  # what the model was trained under
+        "config_hash": exp.rerun_hash,  # what the model was trained under
     }
     prev = read_record(prev_record) if prev_record is not None else None
     if prev is not None and (prev.get("stopped") or prev.get("skipped")):
@@ -139,19 +132,19 @@ def train_round(
 
     data = DataSplits.load(data_dir)
     device = torch.device(device)
-    tcfg = train_config(exp, seed=seed, device=str(device))
+    tcfg = exp.train_config(seed=seed, device=str(device))
     if prev_model is not None:
         model = load_model(prev_model, device, prev["model_digest"])
     else:
         torch.manual_seed(seed)
-        model = build_flow(flow_config(exp, data.dim)).to(device)
+        model = build_flow(exp.flow_config(data.dim)).to(device)
     keep = 1.0
     if method is not None:
-        keep = prune_config(exp, method).keep_ratios()[round_index - 1]
+        keep = exp.prune.keep_ratios()[round_index - 1]
     state_path = out_model.parent / "train_state.pt"
     # a saved training state resumes only under the same settings (sparse_flow_round adds the
     # round, method, keep ratio and the digest of the starting weights)
-    key = {"experiment": training_settings(exp), "seed": seed}
+    key = {"experiment": exp.rerun_key, "seed": seed}
     t0 = time.perf_counter()
     row = sparse_flow_round(
         model,
@@ -167,22 +160,19 @@ def train_round(
         reference_nll=prev["val_nll"] if prev is not None else None,
         key=key,
     )
-    stopper_cfg = exp.get("prune") or {}
     stopper = (
         EarlyStopping.from_dict(prev["early_stopping"])
         if prev is not None and prev.get("early_stopping")
-        else EarlyStopping(
-            patience=stopper_cfg.get("patience") or 1, min_delta=stopper_cfg.get("min_delta", 0.0)
-        )
+        else EarlyStopping(patience=exp.prune.patience or 1, min_delta=exp.prune.min_delta)
     )
     should_stop = stopper.update(row.val_nll)
-    stopped = bool(method is not None and stopper_cfg.get("patience") and should_stop)
+    stopped = bool(method is not None and exp.prune.patience and should_stop)
     history = load_checkpoint(state_path)["history"] if state_path.exists() else []
     model_digest = save_checkpoint(
         out_model,
         {
             "model": model.state_dict(),
-            "flow_config": flow_config(exp, data.dim).to_dict(),
+            "flow_config": exp.flow_config(data.dim).to_dict(),
             "round": round_index,
             "method": method or "dense",
             "seed": seed,
@@ -219,36 +209,27 @@ def train_round(
     return record
 
 
-def make_toy_data(exp: dict, out_dir: str | Path) -> DataSplits:
-    """Draw the experiment's toy data set (train / validation / test) and store it."""
+def make_toy_data(dataset: str, data: DataConfig, out_dir: str | Path) -> DataSplits:
+    """Draw a toy data set (train / validation / test) and store it."""
     from pipeline_lib.data.toy import generate_toy
 
-    settings = dict(exp.get("data") or {})
-    seed = settings.pop("seed", 0) or 0
-    kwargs = {k: v for k, v in settings.items() if v is not None}
-    splits = generate_toy(exp["dataset"], seed=seed, **kwargs)
+    splits = generate_toy(dataset, seed=data.seed, **data.generator_kwargs())
     splits.save(out_dir)
-    log.info("%s: train/val/test sizes %s", exp["dataset"], splits.sizes)
+    log.info("%s: train/val/test sizes %s", dataset, splits.sizes)
     return splits
 
 
-def _split_nll(exp: dict, model: ContinuousFlow, x: torch.Tensor, device, seed: int):
+def _split_nll(ev: EvaluationConfig, model: ContinuousFlow, x: torch.Tensor, device, seed: int):
     """NLL of one data split with the evaluation settings (``evaluation.trace``/``solver``)."""
-    tcfg = train_config(exp, seed=seed)
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     return evaluate_nll(
-        model,
-        x.to(device),
-        tcfg.eval_batch_size,
-        solver=tcfg.eval_solver,
-        trace=tcfg.eval_trace,
-        generator=gen,
+        model, x.to(device), ev.batch_size, solver=ev.solver, trace=ev.trace, generator=gen
     )
 
 
-def _test_nll(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
+def _test_nll(ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, device, seed: int):
     t0 = time.perf_counter()
-    res = _split_nll(exp, model, data.test, device, seed)
+    res = _split_nll(ev, model, data.test, device, seed)
     result = {
         "test_nll": res.nll,
         "test_nll_stderr": res.stderr,
@@ -268,38 +249,39 @@ def _test_nll(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: 
     return result
 
 
-def _samples(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int):
+def _samples(
+    ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, device, seed: int, dataset: str
+):
     """Good-quality samples (§4.4, Table 4) where the data has Gaussian modes, and the density /
     vector-field snapshot of Figs. 5–6, for 2-D toy flows."""
     from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS
     from pipeline_lib.evaluation.density import flow_snapshot
     from pipeline_lib.evaluation.modes import evaluate_modes
 
-    cfg = (exp.get("evaluation") or {}).get("samples") or {}
-    if not cfg.get("enabled", True) or data.dim != 2:
+    cfg = ev.samples
+    if not cfg.enabled or data.dim != 2:
         return {"enabled": False}, None
-    tcfg = train_config(exp, seed=seed)
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"enabled": True}
-    if exp["dataset"] in GAUSSIAN_MODE_DATASETS:
+    if dataset in GAUSSIAN_MODE_DATASETS:
         result.update(
             evaluate_modes(
                 model,
                 data,
-                n_samples=cfg.get("n_samples", 20_000),
-                n_std=cfg.get("n_std", (2, 3, 5)),
-                solver=tcfg.eval_solver,
+                n_samples=cfg.n_samples,
+                n_std=cfg.n_std,
+                solver=ev.solver,
                 generator=gen,
             )
         )
     snap = flow_snapshot(
         model,
-        extent=cfg.get("grid_extent", 3.0),
-        resolution=cfg.get("grid_resolution", 100),
-        n_samples=cfg.get("snapshot_samples", 2000),
-        solver=tcfg.eval_solver,
-        trace=tcfg.eval_trace,
+        extent=cfg.grid_extent,
+        resolution=cfg.grid_resolution,
+        n_samples=cfg.snapshot_samples,
+        solver=ev.solver,
+        trace=ev.trace,
         generator=gen,
     )
     result["seconds"] = time.perf_counter() - t0
@@ -307,18 +289,17 @@ def _samples(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: i
     return result, snap.to_npz()
 
 
-def _hessian(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: int) -> dict:
+def _hessian(ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, device, seed: int):
     """Hessian eigen-analysis on training data (§4.5, Table 5, S11–S12): λ_max, trace and κ of
     the NLL Hessian restricted to the unpruned parameters, with the NLL of the whole training
     split beside them (Table S11's NLL column is the training NLL)."""
-    from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
+    from pipeline_lib.evaluation.hessian import hessian_metrics
 
-    settings = dict((exp.get("evaluation") or {}).get("hessian") or {})
-    if not settings.pop("enabled", True):
+    if not ev.hessian.enabled:
         return {"enabled": False}
-    cfg = HessianConfig.from_dict({**settings, "seed": seed, "noise_seed": seed})
+    cfg = replace(ev.hessian, seed=seed, noise_seed=seed)
     result = {"enabled": True, **hessian_metrics(model, data.train.to(device), cfg)}
-    train = _split_nll(exp, model, data.train, device, seed)
+    train = _split_nll(ev, model, data.train, device, seed)
     result.update(train_nll=train.nll, train_nll_stderr=train.stderr, n_train=train.n)
     log.info(
         "Hessian: λ_max %.4g, trace %.4g, κ %.4g (%d HVPs, %.1f s); training NLL %.4f nats",
@@ -334,8 +315,9 @@ def _hessian(exp: dict, model: ContinuousFlow, data: DataSplits, device, seed: i
 
 def evaluate_metric(
     metric: str,
-    exp: dict,
+    evaluation: EvaluationConfig,
     *,
+    dataset: str,
     data_dir: str | Path,
     model_path: str | Path,
     record_path: str | Path,
@@ -343,11 +325,12 @@ def evaluate_metric(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict:
-    """Evaluate one metric of one checkpoint (``metric`` in ``nll``, ``samples``, ``hessian``;
-    ``exp`` needs only :func:`~pipeline_lib.experiment.metric_settings`) and write ``out``:
-    ``{"nll": file}``, ``{"hessian": file}`` or ``{"samples": file, "snapshot": file}``. Each
-    file names the checkpoint it measured. Rounds skipped after an early stop are not evaluated
-    again (their files say ``skipped``); a part that does not apply says ``enabled: false``.
+    """Evaluate one metric of one checkpoint (``metric`` in ``nll``, ``samples``, ``hessian``)
+    with the ``evaluation`` settings and write ``out``: ``{"nll": file}``,
+    ``{"hessian": file}`` or ``{"samples": file, "snapshot": file}``. ``dataset`` says
+    whether the data has Gaussian modes to count good samples of. Each file names the
+    checkpoint it measured. Rounds skipped after an early stop are not evaluated again (their
+    files say ``skipped``); a part that does not apply says ``enabled: false``.
     """
     import numpy as np
 
@@ -363,9 +346,10 @@ def evaluate_metric(
         data = DataSplits.load(data_dir)
         model = load_model(model_path, device, record["model_digest"])
         if metric == "samples":
-            result, snapshot = _samples(exp, model, data, device, seed)
+            result, snapshot = _samples(evaluation, model, data, device, seed, dataset)
         else:
-            result = {"nll": _test_nll, "hessian": _hessian}[metric](exp, model, data, device, seed)
+            measure = {"nll": _test_nll, "hessian": _hessian}[metric]
+            result = measure(evaluation, model, data, device, seed)
     if "snapshot" in out:
         arrays = snapshot or {"available": np.array(False)}
         atomic_write(out["snapshot"], lambda fh: np.savez_compressed(fh, **arrays))
@@ -373,12 +357,19 @@ def evaluate_metric(
     return result
 
 
-def evaluate_checkpoint(exp: dict, *, out: dict[str, str | Path], **where: Any) -> dict:
-    """Every metric of one checkpoint: :func:`evaluate_metric` for each, with the same
-    keyword arguments (``data_dir``, ``model_path``, ``record_path``, ``device``, ``seed``);
-    ``out`` maps ``nll``, ``samples``, ``snapshot``, ``hessian`` to the files to write."""
+def evaluate_checkpoint(exp: Experiment, *, out: dict[str, str | Path], **where: Any) -> dict:
+    """Every metric of one checkpoint: :func:`evaluate_metric` for each, with the
+    experiment's evaluation settings and the same keyword arguments (``data_dir``,
+    ``model_path``, ``record_path``, ``device``, ``seed``); ``out`` maps ``nll``, ``samples``,
+    ``snapshot``, ``hessian`` to the files to write."""
     results = {}
     for metric in METRICS:
         keys = ("samples", "snapshot") if metric == "samples" else (metric,)
-        results[metric] = evaluate_metric(metric, exp, out={k: out[k] for k in keys}, **where)
+        results[metric] = evaluate_metric(
+            metric,
+            exp.evaluation,
+            dataset=exp.dataset,
+            out={k: out[k] for k in keys},
+            **where,
+        )
     return results

@@ -58,7 +58,7 @@ class TrainingDivergedError(RuntimeError):
     """Training produced a non-finite loss or non-finite weights."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one training run (Tables S1–S3 "(Re-)Training").
 
@@ -129,8 +129,8 @@ class TrainConfig:
                 f"train.divergence_nats must be positive or null, got {self.divergence_nats}"
             )
         if isinstance(self.eval_solver, dict):
-            self.eval_solver = SolverConfig(**self.eval_solver)
-        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+            object.__setattr__(self, "eval_solver", SolverConfig(**self.eval_solver))
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
 
     @property
     def regularize(self) -> bool:

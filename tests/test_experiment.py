@@ -22,3 +22,113 @@ def test_training_settings_leave_out_evaluation_only_keys():
         "prune": {"schedule": "paper_toy"},
     }
     assert exp["train"]["val_every"] == 5  # the input is not modified
+
+
+# -- one typed experiment -----------------------------------------------------------------------
+
+#: Fields of the library's configurations that the workflow sets per job (or that have no
+#: configuration key), and keys of the schema that are not a field of the section's class.
+RUNTIME_ONLY = {
+    "FlowConfig": {"dim", "solver"},
+    "TrainConfig": {
+        "eval_batch_size",
+        "eval_solver",
+        "eval_trace",
+        "device",
+        "seed",
+        "cuda_graphs",
+    },
+    "HessianConfig": {"seed", "noise_seed", "solver", "reuse_graph", "params"},
+    "PruneConfig": {"method"},
+}
+SCHEMA_ONLY = {"FlowConfig": {"family"}, "PruneConfig": {"methods"}}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_every_schema_default_is_the_dataclass_default():
+    """Defaults live in the dataclasses; the schema repeats them for Snakemake, and a test
+    (this one) fails as soon as the two disagree or a key exists on one side only."""
+    import dataclasses
+    from dataclasses import MISSING, fields
+
+    import yaml
+
+    from pipeline_lib.evaluation.hessian import HessianConfig
+    from pipeline_lib.experiment import (
+        SCHEMA,
+        DataConfig,
+        EvaluationConfig,
+        SamplesConfig,
+    )
+    from pipeline_lib.flows import FlowConfig, SolverConfig
+    from pipeline_lib.sparse_flow import PruneConfig
+    from pipeline_lib.training import TrainConfig
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    props = schema["$defs"]["experiment"]["properties"]
+    evaluation = props["evaluation"]["properties"]
+    sections = {
+        DataConfig: props["data"]["properties"],
+        FlowConfig: props["model"]["properties"],
+        SolverConfig: schema["$defs"]["solver"]["properties"],
+        TrainConfig: props["train"]["properties"],
+        EvaluationConfig: evaluation,
+        SamplesConfig: evaluation["samples"]["properties"],
+        HessianConfig: evaluation["hessian"]["properties"],
+        PruneConfig: props["prune"]["properties"],
+    }
+    for cls, entries in sections.items():
+        name = cls.__name__
+        own = {f.name: f for f in fields(cls)}
+        keys = set(own) - RUNTIME_ONLY.get(name, set())
+        assert set(entries) - SCHEMA_ONLY.get(name, set()) == keys, name
+        for key in keys:
+            f = own[key]
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if dataclasses.is_dataclass(default):  # a nested section: compared on its own
+                assert entries[key]["default"] == {}, f"{name}.{key}"
+                continue
+            assert entries[key]["default"] == _plain(default), f"{name}.{key}"
+
+
+def test_load_experiments_builds_one_frozen_typed_experiment():
+    import dataclasses
+
+    import pytest
+
+    from pipeline_lib.experiment import Experiment, load_experiments
+    from pipeline_lib.flows import FlowConfig
+
+    config = {
+        "experiments": {
+            "g": {
+                "dataset": "gaussians",
+                "seeds": [0, 2],
+                "model": {"hidden_dims": [16], "layer_type": "mlp"},
+                "train": {"epochs": 3, "val_every": 2},
+                "prune": {"methods": ["structured"], "schedule": "paper_toy"},
+                "sweep": {"train.lr": [0.01, 0.02]},
+            }
+        }
+    }
+    exps = load_experiments(config)
+    assert sorted(exps) == ["g__lr-0.01", "g__lr-0.02"]
+    assert config["results"] == "results"  # the schema's defaults are filled in
+    exp = exps["g__lr-0.02"]
+    assert isinstance(exp.model, FlowConfig) and exp.model.hidden_dims == (16,)
+    assert exp.family == "ffjord" and exp.train.lr == 0.02 and exp.seeds == (0, 2)
+    assert exp.rounds == 29 and exp.methods == ("structured",) and exp.data_id == "gaussians"
+    assert exp.flow_config(2).dim == 2 and exp.train_config(seed=2).seed == 2
+    assert exp.runs()[:2] == [(None, 0, 0), ("structured", 0, 1)] and len(exp.runs()) == 60
+    # a job rebuilds the same experiment from its params
+    assert Experiment.from_dict(exp.name, exp.to_dict()) == exp
+    # the rerun key leaves out what cannot change the model, and the lists of seeds / methods
+    assert "val_every" not in exp.rerun_key["train"] and "seeds" not in exp.rerun_key
+    assert exps["g__lr-0.01"].rerun_hash != exp.rerun_hash
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exp.train.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"'experiments\.g\.model\.family'.*'ffjord'"):
+        load_experiments({"experiments": {"g": {"dataset": "gaussians", "model": {"family": "x"}}}})

@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,12 @@ from pipeline_lib.data.tabular import (
     read_dataframe_pickle,
 )
 from pipeline_lib.experiment import (
+    SamplesConfig,
     check_device,
-    check_experiment,
     check_results_dir,
     check_yaml_keys,
     expand_experiments,
+    load_experiments,
 )
 from pipeline_lib.io import UnreadableFileError, load_checkpoint, read_json, write_json
 from pipeline_lib.manifest import register_study
@@ -103,7 +105,7 @@ def finished_round(tmp_path):
     """Round 0 and unstructured round 1 of a tiny experiment, through the stage functions."""
     from pipeline_lib.stages import make_toy_data
 
-    exp = {
+    entry = {
         "dataset": "gaussians",
         "data": {"n_per_mode": 60},
         "model": {"hidden_dims": [8], "trace": "exact"},
@@ -112,10 +114,11 @@ def finished_round(tmp_path):
         "evaluation": {"trace": "exact", "hessian": {"enabled": False}},
         "prune": {"methods": ["unstructured"], "prune_ratio_per_round": 0.2, "rounds": 2},
     }
+    exp = load_experiments({"experiments": {"tiny": entry}})["tiny"]
     data = tmp_path / "data"
-    make_toy_data(exp, data)
+    make_toy_data(exp.dataset, exp.data, data)
     r0, r1 = tmp_path / "round000", tmp_path / "unstructured" / "round001"
-    common = dict(experiment="tiny", seed=0, data_dir=data)
+    common = dict(seed=0, data_dir=data)
     train_round(exp, method=None, round_index=0, **common,
                 out_model=r0 / "model.pt", out_record=r0 / "round.json")  # fmt: skip
     train_round(exp, method="unstructured", round_index=1, **common,
@@ -160,8 +163,9 @@ def _evaluate(fin, path):
 
     out = {k: path / "metrics" / f"{k}.json" for k in ("nll", "samples", "hessian")}
     out["snapshot"] = path / "metrics" / "snapshot.npz"
-    fin["exp"]["evaluation"]["samples"] = {"n_samples": 500, "grid_resolution": 8}
-    evaluate_checkpoint(fin["exp"], data_dir=fin["data"], model_path=path / "model.pt",
+    samples = SamplesConfig(n_samples=500, grid_resolution=8)
+    exp = replace(fin["exp"], evaluation=replace(fin["exp"].evaluation, samples=samples))
+    evaluate_checkpoint(exp, data_dir=fin["data"], model_path=path / "model.pt",
                         record_path=path / "round.json", out=out)  # fmt: skip
     return [path / "round.json", out["nll"]]
 
@@ -306,11 +310,21 @@ def test_extraction_beyond_the_size_cap_is_refused_and_leaves_nothing(tmp_path):
 
 
 def test_configuration_errors_name_the_full_key(tmp_path):
+    def load(entry):
+        return load_experiments({"experiments": {"e": entry}})
+
     exp = {"dataset": "gaussians", "evaluation": {"solver": {"method": "rk4"}}}
     with pytest.raises(ValueError, match=r"experiments\.e\.evaluation\.solver\.step_size"):
-        check_experiment("e", exp)
-    with pytest.raises(ValueError, match=r"experiments\.e\.train\.epochs must be >= 1"):
-        check_experiment("e", {"dataset": "gaussians", "train": {"epochs": 0}})
+        load(exp)
+    with pytest.raises(ValueError, match=r"'experiments\.e\.train\.epochs'.*minimum of 1"):
+        load({"dataset": "gaussians", "train": {"epochs": 0}})
+    # inconsistent Hessian settings fail at start-up, not in the first evaluation job
+    no_lambda = {
+        "dataset": "gaussians",
+        "evaluation": {"hessian": {"power_iters": 0, "lanczos_runs": 0}},
+    }
+    with pytest.raises(ValueError, match=r"'experiments\.e\.evaluation\.hessian'.*lanczos_runs"):
+        load(no_lambda)
     for bad, problem in (("", "empty"), ("/", "filesystem root"), ("f.txt", "existing file")):
         (tmp_path / "f.txt").write_text("x")
         with pytest.raises(ValueError, match=rf"'results'.*{problem}"):

@@ -137,7 +137,7 @@ DIVERGENCES = (None, "exact", "hutchinson")
 # --------------------------------------------------------------------------- configuration
 
 
-@dataclass
+@dataclass(frozen=True)
 class HessianConfig:
     """Settings of :func:`hessian_metrics`.
 
@@ -148,6 +148,8 @@ class HessianConfig:
     them as extra columns.
 
     Arguments:
+        enabled: whether the workflow evaluates the Hessian of every checkpoint
+            (:func:`hessian_metrics` itself ignores it).
         fraction: the share of the data passed to :func:`hessian_metrics` (the training split)
             in the batch, ``int(fraction · N)`` random points (seeded by ``seed``), as released.
         num_points: a fixed number of points instead (overrides ``fraction``); ``None`` and
@@ -179,6 +181,7 @@ class HessianConfig:
             w.r.t.; ``None`` for all parameters that require grad.
     """
 
+    enabled: bool = True
     fraction: float | None = 0.1
     num_points: int | None = None
     power_iters: int = 100
@@ -216,7 +219,7 @@ class HessianConfig:
         if self.power_iters == 0 and self.lanczos_runs == 0:
             raise ValueError("set hessian.lanczos_runs (or hessian.power_iters) > 0 to get λ_max")
         if self.params is not None:
-            self.params = tuple(self.params)
+            object.__setattr__(self, "params", tuple(self.params))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HessianConfig:

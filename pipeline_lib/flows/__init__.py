@@ -45,12 +45,13 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FlowConfig:
     """Architecture of an FFJORD flow (Table S1; FFJORD Table 4 for the tabular sets).
 
     Arguments:
-        dim: data dimension.
+        dim: data dimension (``None`` in an experiment's settings, where the data decides it;
+            :func:`build_flow` needs it).
         hidden_dims: hidden widths of each block's vector field.
         num_blocks: number of stacked CNF blocks.
         layer_type: ``mlp`` (no time input, the released toy models), ``concat`` or
@@ -62,7 +63,7 @@ class FlowConfig:
         solver: the training solver.
     """
 
-    dim: int
+    dim: int | None = None
     hidden_dims: tuple[int, ...] = (64, 64)
     num_blocks: int = 1
     layer_type: str = "concatsquash"
@@ -92,6 +93,10 @@ def build_flow(cfg: FlowConfig) -> ContinuousFlow:
     """Build a :class:`ContinuousFlow` with all-ones pruning masks attached."""
     from pipeline_lib.pruning import attach_masks
 
+    if cfg.dim is None:
+        raise ValueError(
+            "FlowConfig.dim is not set: give the data dimension, e.g. FlowConfig(dim=2)"
+        )
     if cfg.num_blocks < 1:
         raise ValueError("model.num_blocks must be at least 1")
     blocks = [

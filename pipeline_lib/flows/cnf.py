@@ -80,7 +80,7 @@ class SolverError(RuntimeError):
     """The ODE solver failed (step size underflow, too many steps)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SolverConfig:
     """How the augmented ODE is solved.
 

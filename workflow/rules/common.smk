@@ -1,8 +1,7 @@
 # Configuration, experiment expansion, paths and input functions shared by all rules.
 import sys
+from collections import UserDict
 from pathlib import Path
-
-from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO))
@@ -11,40 +10,25 @@ from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
 from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
     check_device,
-    check_experiment,
     check_results_dir,
     check_yaml_keys,
-    config_hash,
-    data_id,
-    describe_validation_error,
-    expand_experiments,
-    metric_settings,
-    round_count,
-    training_settings,
+    load_experiments,
 )
 from pipeline_lib.manifest import register_study  # noqa: E402
 
-SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
-try:
-    check_yaml_keys(workflow.configfiles)
-    validate(config, SCHEMA)
-    EXPERIMENTS = expand_experiments(config["experiments"])
-    validate({"experiments": EXPERIMENTS}, SCHEMA)
-    for _name, _exp in EXPERIMENTS.items():
-        check_experiment(_name, _exp)
-    check_results_dir(config["results"])
-    RESULTS_DIR = config["results"]
-    STUDY = {name: config_hash(e) for name, e in EXPERIMENTS.items()}
-    if workflow.is_main_process:
-        # every torch job checks its device again when it starts (acquire_device), on
-        # whichever machine runs it: here only runs that execute locally are checked
-        if workflow.local_exec:
-            check_device(config["compute"]["device"])
-        register_study(RESULTS_DIR, STUDY, workflow.configfiles, write=False)
-except ValueError:
-    raise
-except Exception as err:
-    raise ValueError(describe_validation_error(err)) from None
+# the one place a configuration becomes experiments (validated, defaults filled, sweeps
+# expanded, every section typed); every job gets its experiment from its params
+check_yaml_keys(workflow.configfiles)
+EXPERIMENTS = load_experiments(config)
+check_results_dir(config["results"])
+RESULTS_DIR = config["results"]
+STUDY = {name: e.config_hash for name, e in EXPERIMENTS.items()}
+if workflow.is_main_process:
+    # every torch job checks its device again when it starts (acquire_device), on
+    # whichever machine runs it: here only runs that execute locally are checked
+    if workflow.local_exec:
+        check_device(config["compute"]["device"])
+    register_study(RESULTS_DIR, STUDY, workflow.configfiles, write=False)
 
 RESULTS = config["results"]
 RESOURCES = config["resources"]
@@ -54,10 +38,9 @@ ENV = str(REPO / "environment.yml")
 GPU = COMPUTE["gpus_per_job"]
 # What a data directory depends on (its rule's parameters): the dataset and its generator.
 DATA_IDS = {
-    data_id(e): {"dataset": e["dataset"], "data": e.get("data") or {}}
+    e.data_id: {"dataset": e.dataset, "data": e.spec["data"]}
     for e in EXPERIMENTS.values()
 }
-ROUNDS = {name: round_count(e) for name, e in EXPERIMENTS.items()}
 
 
 wildcard_constraints:
@@ -73,7 +56,7 @@ CHECKPOINT_PATH = "round000|(unstructured|structured)/round[0-9]{3}"
 
 
 def data_dir(exp_name):
-    return f"{RESULTS}/data/{data_id(EXPERIMENTS[exp_name])}"
+    return f"{RESULTS}/data/{EXPERIMENTS[exp_name].data_id}"
 
 
 def previous_round(w):
@@ -84,17 +67,6 @@ def previous_round(w):
 
 def experiment_data(w):
     return data_dir(w.experiment)
-
-
-def runs(exp_name):
-    """(method, seed, round) of every checkpoint of an experiment, round 0 once per seed."""
-    exp = EXPERIMENTS[exp_name]
-    out = []
-    for seed in exp["seeds"]:
-        out.append((None, seed, 0))
-        for method in exp["prune"]["methods"]:
-            out += [(method, seed, r) for r in range(1, ROUNDS[exp_name] + 1)]
-    return out
 
 
 def checkpoint_dir(name, method, seed, r):
@@ -111,7 +83,7 @@ def records_of(name):
     if name in with_hessian():
         metrics.append("hessian.json")
     files = []
-    for method, seed, r in runs(name):
+    for method, seed, r in EXPERIMENTS[name].runs():
         d = checkpoint_dir(name, method, seed, r)
         files += [f"{d}/round.json", *[f"{d}/metrics/{m}" for m in metrics]]
     return files
@@ -138,28 +110,26 @@ def all_experiment_summaries():
 
 
 def all_datasets():
-    return sorted({e["dataset"] for e in EXPERIMENTS.values()})
+    return sorted({e.dataset for e in EXPERIMENTS.values()})
 
 
 def two_d_experiments():
-    return [n for n, e in EXPERIMENTS.items() if e["dataset"] in TOY_DATASETS]
+    return [n for n, e in EXPERIMENTS.items() if e.dataset in TOY_DATASETS]
 
 
 def with_samples():
     return [
-        n
-        for n in two_d_experiments()
-        if EXPERIMENTS[n]["evaluation"]["samples"]["enabled"]
+        n for n in two_d_experiments() if EXPERIMENTS[n].evaluation.enabled("samples")
     ]
 
 
 def with_hessian():
-    return [n for n, e in EXPERIMENTS.items() if e["evaluation"]["hessian"]["enabled"]]
+    return [n for n, e in EXPERIMENTS.items() if e.evaluation.enabled("hessian")]
 
 
 def with_good_samples():
     return [
-        n for n in with_samples() if EXPERIMENTS[n]["dataset"] in GAUSSIAN_MODE_DATASETS
+        n for n in with_samples() if EXPERIMENTS[n].dataset in GAUSSIAN_MODE_DATASETS
     ]
 
 
@@ -190,20 +160,33 @@ def snapshots(w):
     """Density / vector-field arrays of the first seed of every 2-D experiment."""
     files = []
     for name in with_samples():
-        first = EXPERIMENTS[name]["seeds"][0]
-        dirs = [checkpoint_dir(name, m, s, r) for m, s, r in runs(name) if s == first]
+        first = EXPERIMENTS[name].seeds[0]
+        dirs = [
+            checkpoint_dir(name, m, s, r)
+            for m, s, r in EXPERIMENTS[name].runs()
+            if s == first
+        ]
         files += [f"{d}/metrics/snapshot.npz" for d in dirs]
     return files
 
 
 def metric_params(metric):
     """The parameters of one metric's evaluation jobs: the settings it reads, nothing else."""
-    return lambda w: metric_settings(EXPERIMENTS[w.experiment], metric)
+    return lambda w: EXPERIMENTS[w.experiment].metric_settings(metric)
 
 
-def training_params(w):
-    """What shapes the trained model (evaluation-only settings left out): see config/README.md."""
-    return training_settings(EXPERIMENTS[w.experiment])
+def training_key(w):
+    """What shapes the trained model (evaluation-only settings left out), the parameter that
+    decides whether a training job reruns: see config/README.md."""
+    return EXPERIMENTS[w.experiment].rerun_key
+
+
+def experiment_spec(w):
+    """The whole experiment a training job runs with (logging and validation frequency
+    included). Snakemake tracks only parameters of builtin types for reruns; a UserDict is
+    not one, so this parameter reaches the job without deciding reruns (``training_key``
+    does)."""
+    return UserDict(EXPERIMENTS[w.experiment].to_dict())
 
 
 def data_settings(w):

@@ -21,7 +21,8 @@ rule prune_round:
         runtime=COMPUTE["runtime_minutes"],
         mem_mb=COMPUTE["mem_mb"],
     params:
-        exp=training_params,
+        key=training_key,
+        exp=experiment_spec,
         device=COMPUTE["device"],
     script:
         "../scripts/train_round.py"

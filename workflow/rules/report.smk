@@ -23,7 +23,7 @@ rule aggregate_experiment:
     conda:
         ENV
     params:
-        divergence_nats=lambda w: EXPERIMENTS[w.experiment]["train"]["divergence_nats"],
+        divergence_nats=lambda w: EXPERIMENTS[w.experiment].train.divergence_nats,
     script:
         "../scripts/aggregate.py"
 

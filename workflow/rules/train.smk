@@ -19,7 +19,8 @@ rule train_dense:
         runtime=COMPUTE["runtime_minutes"],
         mem_mb=COMPUTE["mem_mb"],
     params:
-        exp=training_params,
+        key=training_key,
+        exp=experiment_spec,
         device=COMPUTE["device"],
     script:
         "../scripts/train_round.py"

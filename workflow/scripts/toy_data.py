@@ -2,8 +2,9 @@
 
 from _runtime import setup_logging
 
+from pipeline_lib.experiment import DataConfig
 from pipeline_lib.stages import make_toy_data
 
 smk = snakemake  # noqa: F821
 setup_logging(smk)
-make_toy_data(smk.params.exp, smk.output[0])
+make_toy_data(smk.params.exp["dataset"], DataConfig(**smk.params.exp["data"]), smk.output[0])

@@ -2,19 +2,18 @@
 
 from _runtime import torch_job
 
-from pipeline_lib.experiment import expand_experiments
+from pipeline_lib.experiment import Experiment
 from pipeline_lib.stages import train_round
 
 smk = snakemake  # noqa: F821
 with torch_job(smk) as (log, device):
-    method = smk.wildcards.get("method")
-    # params.exp (what shapes the model) decides reruns; the job runs with the whole experiment,
-    # logging and validation frequency included, read from the config
+    # params.exp is the whole experiment (logging and validation frequency included);
+    # params.key, what shapes the model, is the parameter that decides reruns
+    exp = Experiment.from_dict(smk.wildcards.experiment, smk.params.exp)
     train_round(
-        expand_experiments(smk.config["experiments"])[smk.wildcards.experiment],
-        experiment=smk.wildcards.experiment,
+        exp,
         seed=int(smk.wildcards.seed),
-        method=method,
+        method=smk.wildcards.get("method"),
         round_index=int(smk.wildcards.get("round", 0)),
         data_dir=smk.input.data,
         out_model=smk.output.model,
