@@ -35,8 +35,13 @@ from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, SolverConfig, build_flow
 from pipeline_lib.flows.cnf import TRACE_METHODS
-from pipeline_lib.pruning import apply_masks, mask_gradients
-from pipeline_lib.training import TrainConfig, make_optimizer, training_loss
+from pipeline_lib.training import (
+    TrainConfig,
+    apply_step,
+    forward_loss,
+    make_optimizer,
+    training_loss,
+)
 
 __all__ = [
     "SECTIONS",
@@ -376,45 +381,40 @@ class Trainee:
             self.optimizer = make_optimizer(params, self.config)
         self.graphed: GraphedTrainingStep | None = None  # captured at the first full batch
 
-    def _replay(self, x: torch.Tensor) -> bool:
-        """Whether this batch is replayed from the variant's CUDA graph (captured on first use;
-        the capture's warm-up passes leave the weights unchanged)."""
-        if not self.variant.cuda_graph:
-            return False
-        if self.graphed is None:
+    def _graph(self, x: torch.Tensor) -> GraphedTrainingStep | None:
+        """The variant's CUDA graph (captured on first use; the capture's warm-up passes leave
+        the weights unchanged), or None for an eager variant."""
+        if self.variant.cuda_graph and self.graphed is None:
             self.model.train()
             self.graphed = GraphedTrainingStep(
                 self.model, lambda m, b: training_loss(m, b, self.config), x
             )
-        return tuple(x.shape) == self.graphed.batch_shape
+        return self.graphed
 
     @property
     def name(self) -> str:
         return self.variant.name
 
     def step(self, x: torch.Tensor, clock: Clock) -> dict:
-        """One training iteration on ``x``, timed: forward (loss), backward + optimizer step."""
-        model, ours = self.model, not self.variant.is_reference
-        replay = self._replay(x)
-        if replay:  # one replay: forward and backward, timed as "forward"; NFE from the capture
-            n0, t0 = 0, clock.now()
-            loss, nll, n1 = self.graphed.step(x)
-            t1 = clock.now()
-        else:  # beside a graph, gradients are zeroed in place (the graph owns the tensors)
-            self.optimizer.zero_grad(set_to_none=self.graphed is None)
-            n0, t0 = model.nfe, clock.now()
-            if ours:  # the objective, RNODE's penalties included; its NLL part is reported
-                loss, nll, _ = training_loss(model, x, self.config)
-            else:
-                loss = nll = -model.log_prob(x).mean()
-            n1, t1 = model.nfe, clock.now()
+        """One training iteration on ``x``, timed: forward (loss), backward + optimizer step.
+        Our variants run the pipeline's own step (:func:`~pipeline_lib.training.forward_loss`
+        and :func:`~pipeline_lib.training.apply_step`: RNODE penalties, masks and clipping
+        included; a graph replay runs forward and backward and is timed as "forward")."""
+        model = self.model
+        t0 = clock.now()
+        if self.variant.is_reference:
+            self.optimizer.zero_grad(set_to_none=True)
+            n0 = model.nfe
+            loss = nll = -model.log_prob(x).mean()
+            nfe_forward, t1 = model.nfe - n0, clock.now()
             loss.backward()
-        if ours:
-            mask_gradients(model)
-        self.optimizer.step()
-        if ours:
-            apply_masks(model)
-        n2, t2 = (n1 if replay else model.nfe), clock.now()
+            self.optimizer.step()
+            nfe_backward = model.nfe - n0 - nfe_forward
+        else:
+            out = forward_loss(model, x, self.config, self.optimizer, self._graph(x))
+            nll, nfe_forward, t1 = out.nll, out.nfe_forward, clock.now()
+            nfe_backward = apply_step(model, self.optimizer, out, self.config)
+        t2 = clock.now()
         value = nll.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite loss {value}")
@@ -422,8 +422,8 @@ class Trainee:
             "ms_iter": 1e3 * (t2 - t0),
             "ms_forward": 1e3 * (t1 - t0),
             "ms_backward": 1e3 * (t2 - t1),
-            "nfe_forward": n1 - n0,
-            "nfe_backward": n2 - n1,
+            "nfe_forward": nfe_forward,
+            "nfe_backward": nfe_backward,
             "loss": value,
         }
 

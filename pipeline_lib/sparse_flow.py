@@ -8,8 +8,12 @@
    (early stopping with patience).
 
 Each round is one call of :func:`sparse_flow_round`, with a checkpoint per round, so that a
-workflow can run one job per round and a crash loses at most the round in flight.
-:func:`run_sparse_flow` runs the whole loop in one process.
+workflow can run one job per round and a crash loses at most the round in flight. The loop
+logic lives here once: :func:`plan_round` decides what round r does from round r−1's
+:class:`RoundRecord` (skip after an early stop, or train with this keep ratio and this
+stopping state), :meth:`RoundPlan.stops_after` applies the stopping rule, and
+:class:`RoundRecord` is the ``round.json`` a workflow job writes and the summary reads.
+:func:`run_sparse_flow` runs the whole loop in one process with the same three.
 
 Example::
 
@@ -25,9 +29,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -45,7 +49,15 @@ from pipeline_lib.pruning import (
 )
 from pipeline_lib.training import TrainConfig, TrainingDivergedError, has_diverged, train
 
-__all__ = ["PruneConfig", "RoundResult", "run_sparse_flow", "sparse_flow_round"]
+__all__ = [
+    "PruneConfig",
+    "RoundPlan",
+    "RoundRecord",
+    "RoundResult",
+    "plan_round",
+    "run_sparse_flow",
+    "sparse_flow_round",
+]
 
 log = logging.getLogger("sparseflows.sparse_flow")
 
@@ -119,16 +131,113 @@ class RoundResult:
     train_seconds: float
     val_nll_reference: float = math.nan
     diverged: bool = False
+    history: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class RoundRecord:
+    """One round of a chain as the workflow records it (``round.json``; the summary reads it).
+
+    ``skipped`` rounds come after an early stop (Algorithm 1 line 4): they repeat the metrics
+    of the round the chain stopped after (``stopped_at``) at no training cost. ``keep`` is the
+    round's nominal keep ratio and ``prune_ratio_nominal`` = 1 − keep (the paper's tables);
+    ``prune_ratio`` counts prunable weights and ``prune_ratio_params`` all parameters (the
+    released code's measure, Fig. 4's axis). ``early_stopping`` is the stopping rule's state
+    after this round, ``history`` the per-epoch training log, ``model_digest`` the digest of
+    the round's checkpoint.
+    """
+
+    experiment: str
+    dataset: str
+    method: str
+    seed: int
+    round: int
+    rounds_total: int
+    config_hash: str
+    model_digest: str = ""
+    keep: float = 1.0
+    prune_ratio: float = 0.0
+    prune_ratio_nominal: float = 0.0
+    prune_ratio_params: float = 0.0
+    params_total: int = 0
+    params_nonzero: int = 0
+    val_nll: float = math.nan
+    val_nll_reference: float = math.nan
+    diverged: bool = False
+    nfe_forward: float = math.nan
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    device: str = "cpu"
+    skipped: bool = False
+    stopped: bool = False
+    stopped_at: int | None = None
+    early_stopping: dict[str, Any] | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
+        """Read a record back (keys outside the schema, such as the signature, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the chain has stopped: this round stopped it or came after the stop."""
+        return self.stopped or self.skipped
+
+
+@dataclass
+class RoundPlan:
+    """What one round of a chain does (Algorithm 1 lines 4–5), from :func:`plan_round`.
+
+    ``skip``: the chain stopped early (after round ``stopped_at``); the round passes the
+    previous model through. Otherwise prune to the overall keep ratio ``keep`` (1 for the
+    dense round 0) and train; ``stopper`` is the stopping rule's state going into the round.
+    """
+
+    skip: bool
+    keep: float
+    stopper: EarlyStopping
+    patience: int | None
+    stopped_at: int | None = None
+
+    def stops_after(self, val_nll: float, pruned: bool) -> bool:
+        """Feed the round's validation NLL to the stopping rule; ``True`` when the chain stops
+        after this round (only a pruned round with ``patience`` set can stop it)."""
+        should_stop = self.stopper.update(val_nll)
+        return bool(pruned and self.patience and should_stop)
+
+
+def plan_round(
+    prev: RoundRecord | None, prune: PruneConfig, method: str | None, round_index: int
+) -> RoundPlan:
+    """Algorithm 1 for round ``round_index`` of a chain, given the record of the round before
+    (None for the dense round 0): a pass-through when the chain has stopped, or train with the
+    schedule's keep ratio and the stopping state carried over from ``prev``."""
+    if prev is not None and prev.is_final:
+        stopped_at = prev.round if prev.stopped else prev.stopped_at
+        return RoundPlan(True, prev.keep, EarlyStopping(), prune.patience, stopped_at)
+    keep = 1.0 if method is None else prune.keep_ratios()[round_index - 1]
+    stopper = (
+        EarlyStopping.from_dict(prev.early_stopping)
+        if prev is not None and prev.early_stopping
+        else EarlyStopping(patience=prune.patience or 1, min_delta=prune.min_delta)
+    )
+    return RoundPlan(False, keep, stopper, prune.patience)
+
+
 def sparse_flow_round(
     model: ContinuousFlow,
+    *,
     train_x: torch.Tensor,
     val_x: torch.Tensor,
-    test_x: torch.Tensor | None,
+    test_x: torch.Tensor | None = None,
     train_cfg: TrainConfig,
     method: str | None,
     keep: float,
@@ -147,7 +256,8 @@ def sparse_flow_round(
     validation NLL is compared with ``reference_nll`` (the previous round's; when None, the
     model's before training) by :func:`~pipeline_lib.training.has_diverged`; a diverged round is
     flagged with a warning, or stops with :class:`TrainingDivergedError` under
-    ``on_divergence: fail``. Returns the round's metrics; test NLL is NaN without ``test_x``.
+    ``on_divergence: fail``. Returns the round's metrics and its per-epoch history; test NLL
+    is NaN without ``test_x``.
     """
     tag = f"round {round_index}/{total_rounds}"
     # a saved training state resumes only for this round of this chain, from the same model
@@ -211,6 +321,7 @@ def sparse_flow_round(
         train_seconds=seconds,
         val_nll_reference=row_reference,
         diverged=has_diverged(result.val_nll, row_reference, train_cfg.divergence_nats),
+        history=list(result.history),
     )
     if row.diverged:
         message = (
@@ -245,46 +356,51 @@ def run_sparse_flow(
     :class:`~pipeline_lib.data.DataSplits`). With ``workdir`` every round writes
     ``round{r:03d}.pt`` there, and a rerun resumes from what is already done.
     """
-    keeps = prune_cfg.keep_ratios()
-    total = len(keeps)
+    total = len(prune_cfg.keep_ratios())
 
     def ckpt(r: int) -> Path | None:
         return Path(workdir) / f"round{r:03d}.pt" if workdir is not None else None
 
-    rows = [
-        sparse_flow_round(
-            model, data.train, data.val, data.test, train_cfg, None, 1.0, 0, total, ckpt(0)
+    rows: list[RoundResult] = []
+    prev: RoundRecord | None = None
+    for r in range(total + 1):
+        method = prune_cfg.method if r else None
+        plan = plan_round(prev, prune_cfg, method, r)
+        if plan.skip:
+            break
+        row = sparse_flow_round(
+            model,
+            train_x=data.train,
+            val_x=data.val,
+            test_x=data.test,
+            train_cfg=train_cfg,
+            method=method,
+            keep=plan.keep,
+            round_index=r,
+            total_rounds=total,
+            checkpoint=ckpt(r),
+            reference_nll=rows[-1].val_nll if rows else None,
         )
-    ]
-    stopper = (
-        EarlyStopping(patience=prune_cfg.patience, min_delta=prune_cfg.min_delta)
-        if prune_cfg.patience is not None
-        else None
-    )
-    if stopper is not None:
-        stopper.update(rows[0].val_nll)
-    for r, keep in enumerate(keeps, start=1):
-        rows.append(
-            sparse_flow_round(
-                model,
-                data.train,
-                data.val,
-                data.test,
-                train_cfg,
-                prune_cfg.method,
-                keep,
-                r,
-                total,
-                ckpt(r),
-                reference_nll=rows[-1].val_nll,
-            )
-        )
-        if stopper is not None and stopper.update(rows[-1].val_nll):
+        rows.append(row)
+        stopped = plan.stops_after(row.val_nll, pruned=method is not None)
+        if stopped:
             log.info(
                 "early stop after round %d/%d: validation NLL has not improved for %d round(s)",
                 r,
                 total,
                 prune_cfg.patience,
             )
-            break
+        prev = RoundRecord(
+            experiment="",
+            dataset="",
+            method=method or "dense",
+            seed=train_cfg.seed,
+            round=r,
+            rounds_total=total,
+            config_hash="",
+            keep=plan.keep,
+            val_nll=row.val_nll,
+            stopped=stopped,
+            early_stopping=plan.stopper.to_dict(),
+        )
     return rows

@@ -37,8 +37,7 @@ from pipeline_lib.io import (
     round_fix,
     write_json,
 )
-from pipeline_lib.pruning import EarlyStopping
-from pipeline_lib.sparse_flow import sparse_flow_round
+from pipeline_lib.sparse_flow import RoundRecord, plan_round, sparse_flow_round
 from pipeline_lib.training import load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -89,85 +88,72 @@ def train_round(
     prev_model: str | Path | None = None,
     prev_record: str | Path | None = None,
     device: str | torch.device = "cpu",
-) -> dict:
+) -> RoundRecord:
     """Round 0 (``method=None``): train the dense warm start. Round r ≥ 1: prune PR of the
-    remaining weights of round r-1's model and retrain (Algorithm 1, lines 5–6).
+    remaining weights of round r-1's model and retrain (Algorithm 1, lines 5–6). What the
+    round does is :func:`~pipeline_lib.sparse_flow.plan_round`'s decision; this function reads
+    and writes the files around it.
 
     A round after an early stop (Algorithm 1 line 4) is a pass-through: it copies round r-1's
     model and marks its record ``skipped``, at no training cost.
     """
     out_model, out_record = Path(out_model), Path(out_record)
-    rounds_total = exp.rounds
     base = {
         "experiment": exp.name,
         "dataset": exp.dataset,
         "method": method or "dense",
         "seed": seed,
         "round": round_index,
-        "rounds_total": rounds_total,
+        "rounds_total": exp.rounds,
         "config_hash": exp.rerun_hash,  # what the model was trained under
     }
-    prev = read_record(prev_record) if prev_record is not None else None
-    if prev is not None and (prev.get("stopped") or prev.get("skipped")):
-        load_model(prev_model, "cpu", prev["model_digest"])  # verified before it is copied
-        stopped_at = prev["round"] if prev.get("stopped") else prev["stopped_at"]
+    prev = RoundRecord.from_dict(read_record(prev_record)) if prev_record is not None else None
+    plan = plan_round(prev, exp.prune, method, round_index)
+    if plan.skip:
+        load_model(prev_model, "cpu", prev.model_digest)  # verified before it is copied
         log.info(
             "round %d/%d skipped: pruning stopped early after round %d",
             round_index,
-            rounds_total,
-            stopped_at,
+            exp.rounds,
+            plan.stopped_at,
         )
         shutil.copyfile(prev_model, out_model)
-        record = {
-            **prev,
+        record = replace(
+            prev,
             **base,
-            "skipped": True,
-            "stopped": False,
-            "stopped_at": stopped_at,
-            "train_seconds": 0.0,
-            "history": [],
-        }
-        write_json(out_record, record, signed=True)
+            skipped=True,
+            stopped=False,
+            stopped_at=plan.stopped_at,
+            train_seconds=0.0,
+            history=[],
+        )
+        write_json(out_record, record.to_dict(), signed=True)
         return record
 
     data = DataSplits.load(data_dir)
     device = torch.device(device)
-    tcfg = exp.train_config(seed=seed, device=str(device))
     if prev_model is not None:
-        model = load_model(prev_model, device, prev["model_digest"])
+        model = load_model(prev_model, device, prev.model_digest)
     else:
         torch.manual_seed(seed)
         model = build_flow(exp.flow_config(data.dim)).to(device)
-    keep = 1.0
-    if method is not None:
-        keep = exp.prune.keep_ratios()[round_index - 1]
-    state_path = out_model.parent / "train_state.pt"
-    # a saved training state resumes only under the same settings (sparse_flow_round adds the
-    # round, method, keep ratio and the digest of the starting weights)
-    key = {"experiment": exp.rerun_key, "seed": seed}
     t0 = time.perf_counter()
     row = sparse_flow_round(
         model,
-        data.train,
-        data.val,
-        None,
-        tcfg,
-        method,
-        keep,
-        round_index,
-        rounds_total,
-        checkpoint=state_path,
-        reference_nll=prev["val_nll"] if prev is not None else None,
-        key=key,
+        train_x=data.train,
+        val_x=data.val,
+        train_cfg=exp.train_config(seed=seed, device=str(device)),
+        method=method,
+        keep=plan.keep,
+        round_index=round_index,
+        total_rounds=exp.rounds,
+        # the in-flight training state, resumed only under the same settings
+        # (sparse_flow_round adds the round, method, keep ratio and starting weights)
+        checkpoint=out_model.parent / "train_state.pt",
+        reference_nll=prev.val_nll if prev is not None else None,
+        key={"experiment": exp.rerun_key, "seed": seed},
     )
-    stopper = (
-        EarlyStopping.from_dict(prev["early_stopping"])
-        if prev is not None and prev.get("early_stopping")
-        else EarlyStopping(patience=exp.prune.patience or 1, min_delta=exp.prune.min_delta)
-    )
-    should_stop = stopper.update(row.val_nll)
-    stopped = bool(method is not None and exp.prune.patience and should_stop)
-    history = load_checkpoint(state_path)["history"] if state_path.exists() else []
+    stopped = plan.stops_after(row.val_nll, pruned=method is not None)
     model_digest = save_checkpoint(
         out_model,
         {
@@ -179,32 +165,31 @@ def train_round(
         },
         model,
     )
-    record = {
+    record = RoundRecord(
         **base,
-        "keep": keep,
-        "prune_ratio": row.prune_ratio,
-        "prune_ratio_nominal": 1.0 - keep,
-        "prune_ratio_params": 1.0 - row.params_nonzero / row.params_total,
-        "params_total": row.params_total,
-        "params_nonzero": row.params_nonzero,
-        "val_nll": row.val_nll,
-        "val_nll_reference": row.val_nll_reference,
-        "diverged": row.diverged,
-        "nfe_forward": row.nfe_forward,
-        "train_seconds": row.train_seconds,
-        "wall_seconds": time.perf_counter() - t0,
-        "device": str(device),
-        "skipped": False,
-        "stopped": stopped,
-        "early_stopping": stopper.to_dict(),
-        "history": history,
-        "model_digest": model_digest,
-    }
-    write_json(out_record, record, signed=True)
-    state_path.unlink(missing_ok=True)
+        keep=plan.keep,
+        prune_ratio=row.prune_ratio,
+        prune_ratio_nominal=1.0 - plan.keep,
+        prune_ratio_params=1.0 - row.params_nonzero / row.params_total,
+        params_total=row.params_total,
+        params_nonzero=row.params_nonzero,
+        val_nll=row.val_nll,
+        val_nll_reference=row.val_nll_reference,
+        diverged=row.diverged,
+        nfe_forward=row.nfe_forward,
+        train_seconds=row.train_seconds,
+        wall_seconds=time.perf_counter() - t0,
+        device=str(device),
+        stopped=stopped,
+        early_stopping=plan.stopper.to_dict(),
+        history=row.history,
+        model_digest=model_digest,
+    )
+    write_json(out_record, record.to_dict(), signed=True)
+    (out_model.parent / "train_state.pt").unlink(missing_ok=True)
     if stopped:
         log.info(
-            "early stop at round %d/%d: validation NLL stopped improving", round_index, rounds_total
+            "early stop at round %d/%d: validation NLL stopped improving", round_index, exp.rounds
         )
     return record
 

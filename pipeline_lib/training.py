@@ -38,9 +38,13 @@ from pipeline_lib.flows import ContinuousFlow, SolverConfig, SolverError
 from pipeline_lib.pruning import apply_masks, mask_gradients
 
 __all__ = [
+    "StepOutput",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
+    "apply_step",
+    "epoch_order",
+    "forward_loss",
     "has_diverged",
     "load_checkpoint",
     "make_optimizer",
@@ -306,6 +310,184 @@ def _initial_val_nll(model: ContinuousFlow, val_x: torch.Tensor, cfg: TrainConfi
         return math.nan
 
 
+@dataclass
+class StepOutput:
+    """One batch's objective (:func:`forward_loss`): the minimized loss, its NLL part, the
+    forward NFE, and whether the batch was replayed from a CUDA graph (which also ran the
+    backward pass)."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor
+    nfe_forward: int
+    replayed: bool
+
+
+def forward_loss(
+    model: ContinuousFlow,
+    batch: torch.Tensor,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    graphed: GraphedTrainingStep | None = None,
+) -> StepOutput:
+    """The first half of a training step: zero the gradients and compute the objective of one
+    batch (:func:`training_loss`), or replay the whole step from ``graphed`` when the batch has
+    its captured shape (the graph owns the ``.grad`` tensors: beside it they are zeroed in
+    place)."""
+    if graphed is not None and tuple(batch.shape) == graphed.batch_shape:
+        loss, nll, nfe = graphed.step(batch)
+        return StepOutput(loss, nll, nfe, True)
+    optimizer.zero_grad(set_to_none=graphed is None)
+    loss, nll, nfe = training_loss(model, batch, cfg)
+    return StepOutput(loss, nll, nfe, False)
+
+
+def apply_step(
+    model: ContinuousFlow, optimizer: torch.optim.Optimizer, out: StepOutput, cfg: TrainConfig
+) -> int:
+    """The second half: backpropagate (unless replayed), keep pruned weights' gradients at
+    zero, clip (``grad_clip``), step the optimizer and re-apply the masks, so a sparse flow
+    stays sparse while it retrains (Algorithm 1 line 6). Returns the backward NFE."""
+    nfe_before = model.nfe
+    if not out.replayed:
+        out.loss.backward()
+    nfe_backward = model.nfe - nfe_before
+    mask_gradients(model)
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    apply_masks(model)
+    return nfe_backward
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str) -> torch.Tensor:
+    """The order of the ``n`` training points in ``epoch``: a permutation that depends only
+    on the seed and the epoch, so a resumed run visits the data as an uninterrupted one."""
+    shuffle = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=shuffle).to(device)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The random state that a resumed run must continue from: CPU and every CUDA device
+    (Hutchinson noise is drawn on the model's device)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["rng"].cpu())
+    cuda = state.get("cuda_rng") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in cuda])
+
+
+def _resume(
+    checkpoint: str | Path | None,
+    key: dict,
+    cfg: TrainConfig,
+    model: ContinuousFlow,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    result: TrainResult,
+    prefix: str,
+) -> int:
+    """Load a resumable training state into the model, optimizer, schedule, random state and
+    ``result``; return the epoch it reached (0 when there is none to resume)."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return 0
+    state = _resumable_state(Path(checkpoint), key, cfg, prefix)
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _restore_rng(state)
+    epoch = int(state["epoch"])
+    result.history = list(state["history"])
+    result.seconds = float(state.get("seconds", 0.0))
+    result.resumed_from_epoch = epoch
+    result.val_nll_initial = float(state.get("val_nll_initial", math.nan))
+    log.info("%sresuming from %s at epoch %d/%d", prefix, checkpoint, epoch, cfg.epochs)
+    return epoch
+
+
+def _save_state(
+    checkpoint: str | Path,
+    key: dict,
+    cfg: TrainConfig,
+    model: ContinuousFlow,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    result: TrainResult,
+    epoch: int,
+) -> None:
+    """Write the training state after ``epoch`` (never with non-finite weights)."""
+    save_checkpoint(
+        checkpoint,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            **_rng_state(),
+            "epoch": epoch,
+            "history": result.history,
+            "seconds": result.seconds,
+            "config": cfg.to_dict(),
+            "key": key,
+            "val_nll_initial": result.val_nll_initial,
+        },
+        model,
+    )
+
+
+def _validate(model, val_x, cfg: TrainConfig, epoch: int, prefix: str):
+    """Validation NLL after ``epoch`` (every ``val_every``-th and the last), else None."""
+    if (epoch + 1) % cfg.val_every and epoch + 1 != cfg.epochs:
+        return None
+    try:
+        return evaluate_nll(
+            model, val_x, cfg.eval_batch_size, solver=cfg.eval_solver, trace=cfg.eval_trace
+        )
+    except SolverError as err:
+        raise SolverError(f"{prefix}validation after epoch {epoch + 1}: {err}") from err
+
+
+def _train_epoch(model, optimizer, train_x, cfg: TrainConfig, epoch: int, graphed, prefix: str):
+    """One pass over the training set: the sums of loss, NLL and NFE, and the iterations."""
+    sums = {"loss": 0.0, "nll": 0.0, "nfe_forward": 0, "nfe_backward": 0}
+    order = epoch_order(train_x.shape[0], cfg.seed, epoch, train_x.device)
+    model.train()
+    iters = 0
+    for start in range(0, train_x.shape[0], cfg.batch_size):
+        batch = train_x[order[start : start + cfg.batch_size]]
+        where = f"epoch {epoch + 1}, iteration {iters + 1}"
+        try:
+            out = forward_loss(model, batch, cfg, optimizer, graphed)
+            if not torch.isfinite(out.loss):
+                lr = optimizer.param_groups[0]["lr"]
+                raise TrainingDivergedError(
+                    f"{prefix}non-finite loss ({out.loss.item()}) at {where}; lower train.lr "
+                    f"(now {lr:g}), set train.grad_clip, or tighten solver.rtol/atol"
+                )
+            sums["nfe_backward"] += apply_step(model, optimizer, out, cfg)
+        except SolverError as err:
+            raise SolverError(f"{prefix}{where}: {err}") from err
+        iters += 1
+        sums["loss"] += out.loss.item()
+        sums["nll"] += out.nll.item()
+        sums["nfe_forward"] += out.nfe_forward
+        if cfg.log_every and iters % cfg.log_every == 0:
+            log.info(
+                "%sepoch %d/%d iter %d | loss %.4f | NFE %d",
+                prefix,
+                epoch + 1,
+                cfg.epochs,
+                iters,
+                out.loss.item(),
+                out.nfe_forward,
+            )
+    return sums, iters
+
+
 def train(
     model: ContinuousFlow,
     train_x: torch.Tensor,
@@ -319,13 +501,13 @@ def train(
     """Train ``model`` in place for ``cfg.epochs`` epochs with a fresh optimizer and schedule.
 
     With ``checkpoint`` set, a checkpoint is written after every epoch and an existing one is
-    resumed from (optimizer, schedule, RNG state and history included); a finished checkpoint
-    returns at once. The checkpoint stores :func:`training_key` of ``cfg`` and ``key``; one
-    saved under other settings, or one that is unreadable, is discarded (the log names the
-    changed setting) and training starts over. ``tag`` prefixes log lines (e.g. ``"round 3/10"``).
-    With ``measure_start``, the validation NLL of the model before its first epoch is measured
-    once (NaN if the solver fails on it), kept in the checkpoint and returned as
-    ``val_nll_initial`` (the divergence reference of a dense round).
+    resumed from (optimizer, schedule, CPU and CUDA random state and history included); a
+    finished checkpoint returns at once. The checkpoint stores :func:`training_key` of ``cfg``
+    and ``key``; one saved under other settings, or one that is unreadable, is discarded (the
+    log names the changed setting) and training starts over. ``tag`` prefixes log lines (e.g.
+    ``"round 3/10"``). With ``measure_start``, the validation NLL of the model before its
+    first epoch is measured once (NaN if the solver fails on it), kept in the checkpoint and
+    returned as ``val_nll_initial`` (the divergence reference of a dense round).
 
     Raises:
         TrainingDivergedError: non-finite loss or weights (nothing is written).
@@ -340,32 +522,16 @@ def train(
         optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma
     )
     result = TrainResult()
-    start_epoch = 0
     prefix = f"{tag} | " if tag else ""
     resume_key = training_key(cfg, key)
-    state = None
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = _resumable_state(Path(checkpoint), resume_key, cfg, prefix)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"].cpu())
-        start_epoch = int(state["epoch"])
-        result.history = list(state["history"])
-        result.seconds = float(state.get("seconds", 0.0))
-        result.resumed_from_epoch = start_epoch
-        result.val_nll_initial = float(state.get("val_nll_initial", math.nan))
-        log.info("%sresuming from %s at epoch %d/%d", prefix, checkpoint, start_epoch, cfg.epochs)
-    else:
+    start_epoch = _resume(checkpoint, resume_key, cfg, model, optimizer, scheduler, result, prefix)
+    if not start_epoch:
         torch.manual_seed(cfg.seed)
         if measure_start:
             result.val_nll_initial = _initial_val_nll(model, val_x, cfg, prefix)
 
-    shuffle = torch.Generator(device="cpu")
-    n = train_x.shape[0]
     graphed = None
-    if cfg.cuda_graphs and start_epoch < cfg.epochs and n >= cfg.batch_size:
+    if cfg.cuda_graphs and start_epoch < cfg.epochs and train_x.shape[0] >= cfg.batch_size:
         model.train()
         graphed = GraphedTrainingStep.maybe(
             model,
@@ -376,68 +542,14 @@ def train(
     t_run = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        shuffle.manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=shuffle).to(device)
-        model.train()
-        sums = {"loss": 0.0, "nll": 0.0, "nfe_forward": 0, "nfe_backward": 0}
-        iters = 0
-        for start in range(0, n, cfg.batch_size):
-            batch = train_x[order[start : start + cfg.batch_size]]
-            replay = graphed is not None and tuple(batch.shape) == graphed.batch_shape
-            if not replay:  # the graph owns the .grad tensors: zero them in place beside it
-                optimizer.zero_grad(set_to_none=graphed is None)
-            try:
-                if replay:
-                    loss, nll, nfe_f = graphed.step(batch)
-                else:
-                    loss, nll, nfe_f = training_loss(model, batch, cfg)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"{prefix}non-finite loss ({loss.item()}) at epoch {epoch + 1}, "
-                        f"iteration {iters + 1}; lower train.lr (now {scheduler.get_last_lr()[0]:g}), "
-                        "set train.grad_clip, or tighten solver.rtol/atol"
-                    )
-                nfe_before = model.nfe
-                if not replay:
-                    loss.backward()
-            except SolverError as err:
-                raise SolverError(
-                    f"{prefix}epoch {epoch + 1}, iteration {iters + 1}: {err}"
-                ) from err
-            sums["nfe_backward"] += model.nfe - nfe_before
-            mask_gradients(model)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            apply_masks(model)
-            iters += 1
-            sums["loss"] += loss.item()
-            sums["nll"] += nll.item()
-            sums["nfe_forward"] += nfe_f
-            if cfg.log_every and iters % cfg.log_every == 0:
-                log.info(
-                    "%sepoch %d/%d iter %d | loss %.4f | NFE %d",
-                    prefix,
-                    epoch + 1,
-                    cfg.epochs,
-                    iters,
-                    loss.item(),
-                    nfe_f,
-                )
+        sums, iters = _train_epoch(model, optimizer, train_x, cfg, epoch, graphed, prefix)
         scheduler.step()
         if not _all_finite(model):
             raise TrainingDivergedError(
                 f"{prefix}weights became non-finite in epoch {epoch + 1}; lower train.lr or set "
                 "train.grad_clip. The last good checkpoint was kept."
             )
-        val = None
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            try:
-                val = evaluate_nll(
-                    model, val_x, cfg.eval_batch_size, solver=cfg.eval_solver, trace=cfg.eval_trace
-                )
-            except SolverError as err:
-                raise SolverError(f"{prefix}validation after epoch {epoch + 1}: {err}") from err
+        val = _validate(model, val_x, cfg, epoch, prefix)
         epoch_s = time.perf_counter() - t0
         record = {
             "epoch": epoch + 1,
@@ -465,22 +577,7 @@ def train(
             result.seconds,
         )
         if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "epoch": epoch + 1,
-                    "history": result.history,
-                    "seconds": result.seconds,
-                    "config": cfg.to_dict(),
-                    "key": resume_key,
-                    "val_nll_initial": result.val_nll_initial,
-                },
-                model,
-            )
+            _save_state(checkpoint, resume_key, cfg, model, optimizer, scheduler, result, epoch + 1)
     vals = [h["val_nll"] for h in result.history if h["val_nll"] is not None]
     if vals:
         result.val_nll = vals[-1]

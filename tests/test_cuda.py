@@ -5,6 +5,7 @@ rules there. Skipped on machines without a GPU (CI has none); run on a GPU machi
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -152,3 +153,24 @@ def test_cuda_graph_draws_fresh_hutchinson_noise_and_falls_back_for_dopri5(caplo
     with caplog.at_level("INFO", logger="sparseflows"):
         assert GraphedTrainingStep.maybe(dopri, lambda m, b: training_loss(m, b, cfg), x) is None
     assert "solver dopri5" in caplog.text
+
+
+def test_resumed_gpu_round_with_hutchinson_noise_matches_an_uninterrupted_one(tmp_path):
+    """The saved state holds the CUDA random state as well: Hutchinson noise is drawn on the
+    GPU, so a round resumed after epoch 1 must draw the same noise in epoch 2."""
+    x, v = four_modes()
+    cfg = TrainConfig(epochs=2, batch_size=128, lr=1e-2, device="cuda", cuda_graphs=False)
+
+    def weights(model):
+        return [p.detach().cpu() for p in model.parameters()]
+
+    clean = tiny_flow("hutchinson")
+    train(clean, x, v, cfg)
+    ckpt = tmp_path / "state.pt"
+    train(tiny_flow("hutchinson"), x, v, replace(cfg, epochs=1), ckpt)
+    torch.cuda.manual_seed_all(12345)  # whatever ran in between moved the GPU generator
+    resumed = tiny_flow("hutchinson")
+    res = train(resumed, x, v, cfg, ckpt)
+    assert res.resumed_from_epoch == 1
+    for a, b in zip(weights(clean), weights(resumed), strict=True):
+        assert torch.equal(a, b)

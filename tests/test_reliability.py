@@ -385,25 +385,28 @@ def test_divergence_rule():
 def test_a_diverging_round_is_flagged_or_fails(tmp_path, caplog):
     """Defect 5: lr = 10 finished with test NLL in the thousands of nats and no warning."""
     x, v = toy_data(512, 0), toy_data(128, 1)
+
+    def dense_round(train_cfg, checkpoint=None):
+        return sparse_flow_round(
+            make_flow(), train_x=x, val_x=v, train_cfg=train_cfg, method=None, keep=1.0,
+            round_index=0, total_rounds=1, checkpoint=checkpoint,
+        )  # fmt: skip
+
     with caplog.at_level(logging.WARNING, logger="sparseflows.sparse_flow"):
-        row = sparse_flow_round(make_flow(), x, v, None, cfg(lr=10.0, epochs=2), None, 1.0, 0, 1)
+        row = dense_round(cfg(lr=10.0, epochs=2))
     assert row.diverged and row.val_nll > row.val_nll_reference + 2
     assert "diverged" in caplog.text and "lower train.lr (now 10)" in caplog.text
-    good = sparse_flow_round(make_flow(), x, v, None, cfg(epochs=2), None, 1.0, 0, 1)
+    good = dense_round(cfg(epochs=2))
     assert not good.diverged and good.val_nll < good.val_nll_reference
+    assert len(good.history) == 2  # the round returns its per-epoch history
     # the reference is measured once, before the first epoch, and kept for a resumed round
     ckpt = tmp_path / "state.pt"
-    first = sparse_flow_round(
-        make_flow(), x, v, None, cfg(lr=10.0, epochs=2), None, 1.0, 0, 1, ckpt
-    )
-    again = sparse_flow_round(
-        make_flow(), x, v, None, cfg(lr=10.0, epochs=2), None, 1.0, 0, 1, ckpt
-    )
+    first = dense_round(cfg(lr=10.0, epochs=2), ckpt)
+    again = dense_round(cfg(lr=10.0, epochs=2), ckpt)
     assert again.val_nll_reference == first.val_nll_reference == row.val_nll_reference
-    assert again.diverged
+    assert again.diverged and again.history == first.history
     with pytest.raises(TrainingDivergedError, match=r"on_divergence: fail"):
-        sparse_flow_round(make_flow(), x, v, None, cfg(lr=10.0, epochs=2, on_divergence="fail"),
-                          None, 1.0, 0, 1)  # fmt: skip
+        dense_round(cfg(lr=10.0, epochs=2, on_divergence="fail"))
 
 
 def test_every_loader_names_the_unreadable_file(tmp_path):

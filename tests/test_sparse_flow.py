@@ -80,3 +80,36 @@ def test_paper_toy_schedule_and_bad_prune_config():
         PruneConfig(prune_ratio_per_round=1.5)
     with pytest.raises(ValueError, match="prune.method"):
         PruneConfig(method="random")
+
+
+def test_plan_round_is_algorithm_1_line_4_and_5():
+    """One round's decision from the previous record: keep ratio of the schedule, stopping
+    state carried over, pass-through once the chain has stopped (it stays stopped)."""
+    from pipeline_lib.sparse_flow import RoundRecord, plan_round
+
+    prune = PruneConfig(prune_ratio_per_round=0.5, rounds=4, patience=1)
+    dense = plan_round(None, prune, None, 0)
+    assert not dense.skip and dense.keep == 1.0
+    assert not dense.stops_after(2.0, pruned=False)  # the dense round never stops the chain
+
+    def record(r, plan, val, stopped):
+        return RoundRecord(
+            "e", "gaussians", "unstructured", 0, r, 4, "h", keep=plan.keep, val_nll=val,
+            stopped=stopped, early_stopping=plan.stopper.to_dict(),
+        )  # fmt: skip
+
+    prev = record(0, dense, 2.0, False)
+    r1 = plan_round(prev, prune, "unstructured", 1)
+    assert (r1.skip, r1.keep) == (False, 0.5) and not r1.stops_after(1.9, pruned=True)
+    r2 = plan_round(record(1, r1, 1.9, False), prune, "unstructured", 2)
+    assert r2.keep == 0.25 and r2.stops_after(1.95, pruned=True)  # no improvement: stop
+    r3 = plan_round(record(2, r2, 1.95, True), prune, "unstructured", 3)
+    assert r3.skip and r3.stopped_at == 2 and r3.keep == 0.25
+    skipped = RoundRecord.from_dict({**record(3, r3, 1.95, False).to_dict(), "skipped": True,
+                                     "stopped_at": 2, "content_sha256": "x"})  # fmt: skip
+    r4 = plan_round(skipped, prune, "unstructured", 4)
+    assert r4.skip and r4.stopped_at == 2
+    # without patience nothing stops
+    free = PruneConfig(prune_ratio_per_round=0.5, rounds=4)
+    plan = plan_round(record(1, r1, 1.9, False), free, "unstructured", 2)
+    assert not plan.stops_after(5.0, pruned=True)
