@@ -46,6 +46,7 @@ __all__ = [
     "round_fix",
     "save_checkpoint",
     "write_json",
+    "write_npz",
     "write_parquet",
 ]
 
@@ -263,6 +264,13 @@ def read_parquet(path: str | Path, *, fix: str | None = None) -> Any:
         raise UnreadableFileError(
             path, f"is unreadable (truncated? {type(err).__name__}: {err})", fix
         ) from None
+
+
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """Write numpy arrays (compressed ``.npz``) atomically; :func:`load_npz` reads them."""
+    import numpy as np
+
+    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def load_npz(path: str | Path, *, fix: str | None = None) -> dict:

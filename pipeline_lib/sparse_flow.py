@@ -29,9 +29,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -47,7 +47,8 @@ from pipeline_lib.pruning import (
     prune,
     prune_ratio,
 )
-from pipeline_lib.training import TrainConfig, TrainingDivergedError, has_diverged, train
+from pipeline_lib.records import RoundRecord, has_diverged
+from pipeline_lib.training import TrainConfig, TrainingDivergedError, train
 
 __all__ = [
     "PruneConfig",
@@ -135,61 +136,6 @@ class RoundResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class RoundRecord:
-    """One round of a chain as the workflow records it (``round.json``; the summary reads it).
-
-    ``skipped`` rounds come after an early stop (Algorithm 1 line 4): they repeat the metrics
-    of the round the chain stopped after (``stopped_at``) at no training cost. ``keep`` is the
-    round's nominal keep ratio and ``prune_ratio_nominal`` = 1 − keep (the paper's tables);
-    ``prune_ratio`` counts prunable weights and ``prune_ratio_params`` all parameters (the
-    released code's measure, Fig. 4's axis). ``early_stopping`` is the stopping rule's state
-    after this round, ``history`` the per-epoch training log, ``model_digest`` the digest of
-    the round's checkpoint.
-    """
-
-    experiment: str
-    dataset: str
-    method: str
-    seed: int
-    round: int
-    rounds_total: int
-    config_hash: str
-    model_digest: str = ""
-    keep: float = 1.0
-    prune_ratio: float = 0.0
-    prune_ratio_nominal: float = 0.0
-    prune_ratio_params: float = 0.0
-    params_total: int = 0
-    params_nonzero: int = 0
-    val_nll: float = math.nan
-    val_nll_reference: float = math.nan
-    diverged: bool = False
-    nfe_forward: float = math.nan
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    device: str = "cpu"
-    skipped: bool = False
-    stopped: bool = False
-    stopped_at: int | None = None
-    early_stopping: dict[str, Any] | None = None
-    history: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
-        """Read a record back (keys outside the schema, such as the signature, are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def is_final(self) -> bool:
-        """Whether the chain has stopped: this round stopped it or came after the stop."""
-        return self.stopped or self.skipped
 
 
 @dataclass

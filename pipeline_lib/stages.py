@@ -36,6 +36,7 @@ from pipeline_lib.io import (
     read_json,
     round_fix,
     write_json,
+    write_npz,
 )
 from pipeline_lib.sparse_flow import RoundRecord, plan_round, sparse_flow_round
 from pipeline_lib.training import load_checkpoint, save_checkpoint
@@ -319,8 +320,6 @@ def evaluate_metric(
     """
     import numpy as np
 
-    from pipeline_lib.io import atomic_write
-
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose among {list(METRICS)}")
     record = read_record(record_path)
@@ -336,8 +335,9 @@ def evaluate_metric(
             measure = {"nll": _test_nll, "hessian": _hessian}[metric]
             result = measure(evaluation, model, data, device, seed)
     if "snapshot" in out:
-        arrays = snapshot or {"available": np.array(False)}
-        atomic_write(out["snapshot"], lambda fh: np.savez_compressed(fh, **arrays))
+        # the snapshot names its checkpoint, so the figures never parse its path
+        key = {k: np.array(record[k]) for k in ("experiment", "seed", "method", "round")}
+        write_npz(out["snapshot"], {**(snapshot or {"available": np.array(False)}), **key})
     write_json(out[metric], {**result, "model_digest": record["model_digest"]}, signed=True)
     return result
 

@@ -36,6 +36,7 @@ from pipeline_lib.cuda_graphs import GraphedTrainingStep
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.flows import ContinuousFlow, SolverConfig, SolverError
 from pipeline_lib.pruning import apply_masks, mask_gradients
+from pipeline_lib.records import has_diverged
 
 __all__ = [
     "StepOutput",
@@ -160,17 +161,6 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from_epoch: int = 0
     val_nll_initial: float = math.nan
-
-
-def has_diverged(val_nll: float, reference_nll: float, threshold_nats: float | None) -> bool:
-    """Whether a round diverged: its final validation NLL is not finite, or ends more than
-    ``threshold_nats`` above ``reference_nll`` (the previous round's validation NLL, or the
-    model's before training). ``threshold_nats=None`` never flags."""
-    if threshold_nats is None:
-        return False
-    if not math.isfinite(val_nll):
-        return True
-    return math.isfinite(reference_nll) and val_nll > reference_nll + threshold_nats
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from pipeline_lib.reporting.figures import (
-    checkpoint_key,
     plot_metrics_vs_prune_ratio,
     plot_nll_vs_prune_ratio,
 )
@@ -155,19 +154,45 @@ def test_figures_and_markdown_tables_are_written(tmp_path):
     assert pd.read_csv(tmp_path / "t.csv").shape[0] == 3
 
 
-def test_checkpoint_key_parses_the_results_layout():
-    assert checkpoint_key("results/exp_a/seed2/round000/metrics/snapshot.npz") == (
-        "exp_a",
-        2,
-        "dense",
-        0,
+def test_layout_patterns_and_paths_agree():
+    """The rules' patterns (with wildcards) and the concrete paths come from one template."""
+    from pipeline_lib.layout import Layout
+
+    layout = Layout("r")
+    assert layout.checkpoint_dir("exp_a", None, 2, 0) == "r/exp_a/seed2/round000"
+    pruned = layout.checkpoint_dir("exp", "structured", 0, 12)
+    assert pruned == "r/exp/seed0/structured/round012"
+    wildcards = {"experiment": "exp", "seed": 0, "method": "structured", "round": "012"}
+    assert layout.pruned("model.pt").format(**wildcards) == f"{pruned}/model.pt"
+    assert layout.dense("round.json").format(experiment="exp_a", seed=2) == (
+        "r/exp_a/seed2/round000/round.json"
     )
-    assert checkpoint_key("r/exp/seed0/structured/round012/metrics/x.npz") == (
-        "exp",
-        0,
-        "structured",
-        12,
-    )
+    path = "structured/round012"
+    outputs = {
+        k: v.format(experiment="exp", seed=0, path=path)
+        for k, v in layout.metric("samples").items()
+    }
+    assert outputs == layout.metric_files(pruned, "samples")
+    assert outputs["snapshot"] == f"{pruned}/metrics/snapshot.npz"
+
+
+def test_snapshots_name_their_checkpoint_inside(tmp_path):
+    """The density figures take (experiment, seed, method, round) from the snapshot itself,
+    wherever the file lies."""
+    import numpy as np
+
+    from pipeline_lib.io import write_npz
+    from pipeline_lib.reporting.figures import _load_snapshots
+
+    grid = {"log_density": np.zeros((4, 4)), "available": np.array(True)}
+    a, b, c = tmp_path / "a.npz", tmp_path / "x" / "b.npz", tmp_path / "c.npz"
+    write_npz(a, {**grid, "experiment": np.array("e1"), "seed": np.array(2),
+                  "method": np.array("dense"), "round": np.array(0)})  # fmt: skip
+    write_npz(b, {**grid, "experiment": np.array("e1"), "seed": np.array(2),
+                  "method": np.array("structured"), "round": np.array(7)})  # fmt: skip
+    write_npz(c, {"available": np.array(False), "experiment": np.array("e1"),
+                  "seed": np.array(2), "method": np.array("structured"), "round": np.array(8)})  # fmt: skip
+    assert sorted(_load_snapshots([a, b, c])) == [("e1", 2, "dense", 0), ("e1", 2, "structured", 7)]
 
 
 def test_published_nll_curve_reads_the_papers_tables():
@@ -227,3 +252,17 @@ def test_tables_use_the_nominal_prune_ratio_and_show_the_measured_one():
     assert prune_ratio_axis(df, "measured").tolist() == pytest.approx(df["prune_ratio_params"])
     older = df.drop(columns=["prune_ratio_nominal", "prune_ratio_params"])
     assert prune_ratio_axis(older, "measured").tolist() == pytest.approx(older["prune_ratio"])
+
+
+def test_reporting_imports_neither_torch_nor_the_stages():
+    """Tables and figures are regenerated without the training stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import pipeline_lib.reporting.summary, pipeline_lib.reporting.tables, "
+        "pipeline_lib.reporting.figures, pipeline_lib.layout, pipeline_lib.records; "
+        "print(sorted(m for m in ('torch', 'pipeline_lib.stages') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -252,7 +252,12 @@ def tiny_config(
     return path
 
 
-def test_tiny_end_to_end_run(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One tiny study run end to end (workdir, configfile), shared by the tests below: the
+    ``tiny`` experiment (both methods, 2 rounds, every metric) and ``stopper`` (early stop
+    after round 1 of 3)."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
     stop = {
         "dataset": "gaussians",
         "data": {"n_per_mode": 100},
@@ -268,16 +273,19 @@ def test_tiny_end_to_end_run(tmp_path):
             "min_delta": 1.0e9,
         },
     }
-    cfg = tiny_config(tmp_path, extra={"stopper": stop})
+    cfg = tiny_config(workdir, extra={"stopper": stop})
     tiny_cfg = yaml.safe_load(cfg.read_text())
     tiny_cfg["experiments"]["tiny"]["train"]["val_every"] = 2  # reaches the jobs untracked
     cfg.write_text(yaml.safe_dump(tiny_cfg))
     # no wall-time assertion: the run's time is measured in docs/REPRODUCTION.md, and a
     # machine shared with other jobs must not fail the test
-    res = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path, timeout=600)
+    res = snakemake(["--cores", "2", "--configfile", str(cfg)], workdir, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
-    results = tmp_path / "results"
-    df = pd.read_parquet(results / "summary.parquet")
+    return workdir, cfg
+
+
+def test_tiny_run_summary_has_every_round_and_metric(tiny_run):
+    df = pd.read_parquet(tiny_run[0] / "results" / "summary.parquet")
     required = {
         "experiment",
         "dataset",
@@ -299,11 +307,20 @@ def test_tiny_end_to_end_run(tmp_path):
     assert sorted(tiny.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
     assert tiny["test_nll"].notna().all()
     assert tiny["lambda_max"].notna().all() and tiny["good_pct_3"].between(0, 100).all()
+
+
+def test_tiny_run_early_stop_leaves_pass_through_rounds(tiny_run):
+    results = tiny_run[0] / "results"
+    df = pd.read_parquet(results / "summary.parquet")
     # early stop after round 1: round 2 and 3 are pass-throughs without rows
     assert sorted(df[df.experiment == "stopper"]["round"]) == [0, 1]
     skipped = results / "stopper/seed0/unstructured/round003/round.json"
     assert '"skipped": true' in skipped.read_text()
     assert "skipped" in (results / "logs/stopper/seed0/unstructured/round002.log").read_text()
+
+
+def test_tiny_run_tables_figures_and_progress_logs(tiny_run):
+    results = tiny_run[0] / "results"
     assert (results / "tables/nll_gaussians.md").read_text().count("tiny") >= 3
     assert (results / "figures/nll_vs_prune_ratio.png").stat().st_size > 10_000
     # progress in the logs: epochs, NFE, round r of R
@@ -311,29 +328,36 @@ def test_tiny_end_to_end_run(tmp_path):
     assert "round 2/2 | epoch 2/2" in log and "NFE" in log
     assert re.search(r"round 2/2 \| epoch 1/2 \| loss [-\d.]+ \| val NLL – \|", log)
     assert re.search(r"round 2/2 \| epoch 2/2 \| loss [-\d.]+ \| val NLL [-\d.]+ \|", log)
-    # the HTML report bundles the figure and tables with their captions
-    res = snakemake(["--configfile", str(cfg), "--report", "report.html"], tmp_path)
+
+
+def test_tiny_run_html_report_bundles_figures_and_tables(tiny_run):
+    workdir, cfg = tiny_run
+    res = snakemake(["--configfile", str(cfg), "--report", "report.html"], workdir)
     assert res.returncode == 0, res.stderr[-3000:]
-    html = (tmp_path / "report.html").read_text(errors="replace")
+    html = (workdir / "report.html").read_text(errors="replace")
     assert "nll_vs_prune_ratio.png" in html and "nll_gaussians.md" in html
+
+
+def test_tiny_run_reruns_only_what_an_edit_touches(tiny_run):
+    workdir, cfg = tiny_run
     # editing a figure's script reruns only the report rules
     res = snakemake(
-        ["-n", "--cores", "1", "--configfile", str(cfg), "--forcerun", "nll_figure"], tmp_path
+        ["-n", "--cores", "1", "--configfile", str(cfg), "--forcerun", "nll_figure"], workdir
     )
-    counts = job_counts(res.stdout)
-    assert set(counts) == {"nll_figure", "all", "total"}
+    assert set(job_counts(res.stdout)) == {"nll_figure", "all", "total"}
     # evaluation-only settings re-evaluate the checkpoints without retraining them ...
     edited = yaml.safe_load(cfg.read_text())
     edited["experiments"]["tiny"]["evaluation"]["hessian"] = {"power_iters": 7}
     edited["experiments"]["tiny"]["train"]["val_every"] = 1
-    cfg.write_text(yaml.safe_dump(edited))
-    counts = dry_run(cfg, tmp_path)
+    edited_cfg = workdir / "edited.yaml"
+    edited_cfg.write_text(yaml.safe_dump(edited))
+    counts = dry_run(edited_cfg, workdir)
     assert counts["evaluate_hessian"] == 5 and "prune_round" not in counts
     assert not {"train_dense", "evaluate_nll", "evaluate_samples"} & set(counts)
     # ... while a training setting retrains
     edited["experiments"]["tiny"]["train"]["lr"] = 2.0e-2
-    cfg.write_text(yaml.safe_dump(edited))
-    counts = dry_run(cfg, tmp_path)
+    edited_cfg.write_text(yaml.safe_dump(edited))
+    counts = dry_run(edited_cfg, workdir)
     assert counts["train_dense"] == 1 and counts["prune_round"] == 4
 
 

@@ -22,7 +22,6 @@ from pipeline_lib.io import read_parquet  # noqa: E402
 
 __all__ = [
     "METHOD_COLORS",
-    "checkpoint_key",
     "plot_density_grid",
     "plot_metrics_vs_prune_ratio",
     "plot_nll_vs_prune_ratio",
@@ -116,24 +115,17 @@ def plot_nll_vs_prune_ratio(
     return fig
 
 
-def checkpoint_key(path: str | Path) -> tuple[str, int, str, int]:
-    """(experiment, seed, method, round) of a file under a round directory; round 0 is 'dense'."""
-    parts = Path(path).parts
-    i = next(k for k, p in enumerate(parts) if p.startswith("round") and p[5:].isdigit())
-    rnd = int(parts[i][5:])
-    if rnd == 0:
-        return parts[i - 2], int(parts[i - 1][4:]), "dense", 0
-    return parts[i - 3], int(parts[i - 2][4:]), parts[i - 1], rnd
-
-
 def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
+    """The density snapshots by (experiment, seed, method, round), as each names itself;
+    round 0 is 'dense'."""
     from pipeline_lib.io import load_npz, metrics_fix
 
     out = {}
     for p in paths:
         arrays = load_npz(p, fix=metrics_fix(p))
         if "log_density" in arrays:
-            out[checkpoint_key(p)] = arrays
+            key = (str(arrays["experiment"]), int(arrays["seed"]), str(arrays["method"]))
+            out[(*key, int(arrays["round"]))] = arrays
     return out
 
 

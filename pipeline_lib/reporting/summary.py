@@ -28,6 +28,7 @@ from pipeline_lib.io import (
     round_fix,
     write_parquet,
 )
+from pipeline_lib.records import has_diverged
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -141,8 +142,6 @@ def aggregate_experiment(
 ) -> pd.DataFrame:
     """Join round records with their test NLL; ``files`` holds both kinds of JSON. Every
     file is verified (module docstring); ``diverged`` uses ``divergence_nats``."""
-    from pipeline_lib.training import has_diverged
-
     records = [Path(f) for f in files if Path(f).name == "round.json"]
     rows = []
     for rec_path in records:

@@ -9,11 +9,13 @@ sys.path.insert(0, str(REPO))
 from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
 from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
+    METRICS,
     check_device,
     check_results_dir,
     check_yaml_keys,
     load_experiments,
 )
+from pipeline_lib.layout import CHECKPOINT_PATH, Layout  # noqa: E402
 from pipeline_lib.manifest import register_study  # noqa: E402
 
 # the one place a configuration becomes experiments (validated, defaults filled, sweeps
@@ -21,19 +23,19 @@ from pipeline_lib.manifest import register_study  # noqa: E402
 check_yaml_keys(workflow.configfiles)
 EXPERIMENTS = load_experiments(config)
 check_results_dir(config["results"])
-RESULTS_DIR = config["results"]
+RESULTS = config["results"]
 STUDY = {name: e.config_hash for name, e in EXPERIMENTS.items()}
 if workflow.is_main_process:
     # every torch job checks its device again when it starts (acquire_device), on
     # whichever machine runs it: here only runs that execute locally are checked
     if workflow.local_exec:
         check_device(config["compute"]["device"])
-    register_study(RESULTS_DIR, STUDY, workflow.configfiles, write=False)
+    register_study(RESULTS, STUDY, workflow.configfiles, write=False)
 
-RESULTS = config["results"]
+LAYOUT = Layout(RESULTS)  # every path of the results tree (pipeline_lib.layout)
 RESOURCES = config["resources"]
 COMPUTE = config["compute"]
-SUMMARY = f"{RESULTS}/summary.parquet"
+SUMMARY = LAYOUT.summary
 ENV = str(REPO / "environment.yml")
 GPU = COMPUTE["gpus_per_job"]
 # What a data directory depends on (its rule's parameters): the dataset and its generator.
@@ -51,12 +53,8 @@ wildcard_constraints:
     data_id="[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
-# a checkpoint directory below seed<k>/: the dense warm start or a pruned round
-CHECKPOINT_PATH = "round000|(unstructured|structured)/round[0-9]{3}"
-
-
 def data_dir(exp_name):
-    return f"{RESULTS}/data/{EXPERIMENTS[exp_name].data_id}"
+    return LAYOUT.data_dir(EXPERIMENTS[exp_name].data_id)
 
 
 def previous_round(w):
@@ -71,22 +69,31 @@ def experiment_data(w):
 
 def checkpoint_dir(name, method, seed, r):
     """Directory of one checkpoint (round 0 is the dense warm start, shared by the methods)."""
-    base = f"{RESULTS}/{name}/seed{seed}"
-    return f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
+    return LAYOUT.checkpoint_dir(name, method, seed, r)
 
 
 def records_of(name):
     """Every round record and the files of its enabled metrics, for one experiment."""
-    metrics = ["nll.json"]
-    if name in with_samples():
-        metrics.append("samples.json")
-    if name in with_hessian():
-        metrics.append("hessian.json")
+    exp = EXPERIMENTS[name]
+    metrics = [m for m in METRICS if name in metric_experiments(m)]
     files = []
-    for method, seed, r in EXPERIMENTS[name].runs():
+    for method, seed, r in exp.runs():
         d = checkpoint_dir(name, method, seed, r)
-        files += [f"{d}/round.json", *[f"{d}/metrics/{m}" for m in metrics]]
+        files.append(f"{d}/round.json")
+        for m in metrics:
+            files += [
+                f for k, f in LAYOUT.metric_files(d, m).items() if k != "snapshot"
+            ]
     return files
+
+
+def metric_experiments(metric):
+    """The experiments whose checkpoints are evaluated for ``metric``."""
+    return {
+        "nll": list(EXPERIMENTS),
+        "samples": with_samples(),
+        "hessian": with_hessian(),
+    }[metric]
 
 
 def experiment_records(w):
@@ -106,7 +113,7 @@ def final_targets():
 
 
 def all_experiment_summaries():
-    return [f"{RESULTS}/{name}/summary.parquet" for name in EXPERIMENTS]
+    return [LAYOUT.experiment_summary(name) for name in EXPERIMENTS]
 
 
 def all_datasets():
@@ -134,25 +141,22 @@ def with_good_samples():
 
 
 def all_tables():
-    tables = [f"{RESULTS}/tables/nll_{d}.md" for d in all_datasets()]
+    tables = [LAYOUT.table(f"nll_{d}") for d in all_datasets()]
     if with_good_samples():
-        tables.append(f"{RESULTS}/tables/good_samples.md")
+        tables.append(LAYOUT.table("good_samples"))
     if with_hessian():
-        tables.append(f"{RESULTS}/tables/hessian.md")
+        tables.append(LAYOUT.table("hessian"))
     return tables
 
 
 def all_figures():
-    figures = [f"{RESULTS}/figures/nll_vs_prune_ratio.png"]
+    figures = [LAYOUT.figure("nll_vs_prune_ratio")]
     if with_samples():
-        figures += [
-            f"{RESULTS}/figures/density_grid.png",
-            f"{RESULTS}/figures/vector_field.png",
-        ]
+        figures += [LAYOUT.figure("density_grid"), LAYOUT.figure("vector_field")]
     if with_good_samples():
-        figures.append(f"{RESULTS}/figures/good_samples_vs_prune_ratio.png")
+        figures.append(LAYOUT.figure("good_samples_vs_prune_ratio"))
     if with_hessian():
-        figures.append(f"{RESULTS}/figures/hessian_vs_prune_ratio.png")
+        figures.append(LAYOUT.figure("hessian_vs_prune_ratio"))
     return figures
 
 
@@ -166,7 +170,7 @@ def snapshots(w):
             for m, s, r in EXPERIMENTS[name].runs()
             if s == first
         ]
-        files += [f"{d}/metrics/snapshot.npz" for d in dirs]
+        files += [LAYOUT.metric_files(d, "samples")["snapshot"] for d in dirs]
     return files
 
 

@@ -3,9 +3,9 @@
 
 rule toy_data:
     output:
-        directory(f"{RESULTS}/data/{{data_id}}"),
+        directory(LAYOUT.data_dir("{data_id}")),
     log:
-        f"{RESULTS}/logs/data/{{data_id}}.log",
+        LAYOUT.log("data/{data_id}"),
     wildcard_constraints:
         data_id="(" + "|".join(TOY_DATASETS) + ")(-[0-9a-f]{8})?",
     conda:
@@ -20,7 +20,7 @@ rule download_maf:
     output:
         f"{RESOURCES}/maf/data.tar.gz",
     log:
-        f"{RESULTS}/logs/data/download_maf.log",
+        LAYOUT.log("data/download_maf"),
     retries: 2
     conda:
         ENV
@@ -39,7 +39,7 @@ rule extract_maf:
     output:
         directory(f"{RESOURCES}/maf/extracted"),
     log:
-        f"{RESULTS}/logs/data/extract_maf.log",
+        LAYOUT.log("data/extract_maf"),
     conda:
         ENV
     script:
@@ -50,9 +50,9 @@ rule tabular_data:
     input:
         raw=f"{RESOURCES}/maf/extracted",
     output:
-        directory(f"{RESULTS}/data/{{data_id}}"),
+        directory(LAYOUT.data_dir("{data_id}")),
     log:
-        f"{RESULTS}/logs/data/{{data_id}}.log",
+        LAYOUT.log("data/{data_id}"),
     wildcard_constraints:
         data_id="|".join(TABULAR_DATASETS),
     conda:

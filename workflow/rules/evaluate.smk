@@ -7,14 +7,14 @@
 rule evaluate_nll:
     input:
         data=experiment_data,
-        model=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/model.pt",
-        record=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/round.json",
+        model=LAYOUT.checkpoint("model.pt"),
+        record=LAYOUT.checkpoint("round.json"),
     output:
-        nll=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/metrics/nll.json",
+        **LAYOUT.metric("nll"),
     log:
-        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{path}}/evaluate_nll.log",
+        LAYOUT.log("{experiment}/seed{seed}/{path}/evaluate_nll"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/{{path}}/evaluate_nll.tsv"
+        LAYOUT.benchmark("{experiment}/seed{seed}/{path}/evaluate_nll")
     wildcard_constraints:
         path=CHECKPOINT_PATH,
     conda:
@@ -34,12 +34,11 @@ rule evaluate_nll:
 
 use rule evaluate_nll as evaluate_samples with:
     output:
-        samples=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/metrics/samples.json",
-        snapshot=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/metrics/snapshot.npz",
+        **LAYOUT.metric("samples"),
     log:
-        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{path}}/evaluate_samples.log",
+        LAYOUT.log("{experiment}/seed{seed}/{path}/evaluate_samples"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/{{path}}/evaluate_samples.tsv"
+        LAYOUT.benchmark("{experiment}/seed{seed}/{path}/evaluate_samples")
     params:
         metric="samples",
         exp=metric_params("samples"),
@@ -48,11 +47,11 @@ use rule evaluate_nll as evaluate_samples with:
 
 use rule evaluate_nll as evaluate_hessian with:
     output:
-        hessian=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{path}}/metrics/hessian.json",
+        **LAYOUT.metric("hessian"),
     log:
-        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{path}}/evaluate_hessian.log",
+        LAYOUT.log("{experiment}/seed{seed}/{path}/evaluate_hessian"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/{{path}}/evaluate_hessian.tsv"
+        LAYOUT.benchmark("{experiment}/seed{seed}/{path}/evaluate_hessian")
     params:
         metric="hessian",
         exp=metric_params("hessian"),

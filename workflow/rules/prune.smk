@@ -7,12 +7,12 @@ rule prune_round:
         unpack(previous_round),
         data=experiment_data,
     output:
-        model=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/model.pt",
-        record=f"{RESULTS}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/round.json",
+        model=LAYOUT.pruned("model.pt"),
+        record=LAYOUT.pruned("round.json"),
     log:
-        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.log",
+        LAYOUT.log("{experiment}/seed{seed}/{method}/round{round}"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}.tsv"
+        LAYOUT.benchmark("{experiment}/seed{seed}/{method}/round{round}")
     conda:
         ENV
     threads: COMPUTE["threads"]

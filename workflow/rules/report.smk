@@ -17,9 +17,9 @@ rule aggregate_experiment:
     input:
         experiment_records,
     output:
-        f"{RESULTS}/{{experiment}}/summary.parquet",
+        LAYOUT.experiment_summary("{experiment}"),
     log:
-        f"{RESULTS}/logs/{{experiment}}/aggregate.log",
+        LAYOUT.log("{experiment}/aggregate"),
     conda:
         ENV
     params:
@@ -34,7 +34,7 @@ rule summary:
     output:
         SUMMARY,
     log:
-        f"{RESULTS}/logs/summary.log",
+        LAYOUT.log("summary"),
     conda:
         ENV
     script:
@@ -46,14 +46,14 @@ rule nll_table:
         summary=SUMMARY,
     output:
         md=report(
-            f"{RESULTS}/tables/nll_{{dataset}}.md",
+            LAYOUT.table("nll_{dataset}"),
             caption="../report/table_nll.rst",
             category="Tables",
         ),
-        csv=f"{RESULTS}/tables/nll_{{dataset}}.csv",
-        tex=f"{RESULTS}/tables/nll_{{dataset}}.tex",
+        csv=LAYOUT.table("nll_{dataset}", "csv"),
+        tex=LAYOUT.table("nll_{dataset}", "tex"),
     log:
-        f"{RESULTS}/logs/tables/nll_{{dataset}}.log",
+        LAYOUT.log("tables/nll_{dataset}"),
     conda:
         ENV
     params:
@@ -67,13 +67,13 @@ rule nll_figure:
         summary=SUMMARY,
     output:
         png=report(
-            f"{RESULTS}/figures/nll_vs_prune_ratio.png",
+            LAYOUT.figure("nll_vs_prune_ratio"),
             caption="../report/nll_vs_prune_ratio.rst",
             category="Figures",
         ),
-        pdf=f"{RESULTS}/figures/nll_vs_prune_ratio.pdf",
+        pdf=LAYOUT.figure("nll_vs_prune_ratio", "pdf"),
     log:
-        f"{RESULTS}/logs/figures/nll_vs_prune_ratio.log",
+        LAYOUT.log("figures/nll_vs_prune_ratio"),
     conda:
         ENV
     params:
@@ -87,14 +87,14 @@ rule good_samples_table:
         summary=SUMMARY,
     output:
         md=report(
-            f"{RESULTS}/tables/good_samples.md",
+            LAYOUT.table("good_samples"),
             caption="../report/table_good_samples.rst",
             category="Tables",
         ),
-        csv=f"{RESULTS}/tables/good_samples.csv",
-        tex=f"{RESULTS}/tables/good_samples.tex",
+        csv=LAYOUT.table("good_samples", "csv"),
+        tex=LAYOUT.table("good_samples", "tex"),
     log:
-        f"{RESULTS}/logs/tables/good_samples.log",
+        LAYOUT.log("tables/good_samples"),
     conda:
         ENV
     params:
@@ -108,14 +108,14 @@ rule hessian_table:
         summary=SUMMARY,
     output:
         md=report(
-            f"{RESULTS}/tables/hessian.md",
+            LAYOUT.table("hessian"),
             caption="../report/table_hessian.rst",
             category="Tables",
         ),
-        csv=f"{RESULTS}/tables/hessian.csv",
-        tex=f"{RESULTS}/tables/hessian.tex",
+        csv=LAYOUT.table("hessian", "csv"),
+        tex=LAYOUT.table("hessian", "tex"),
     log:
-        f"{RESULTS}/logs/tables/hessian.log",
+        LAYOUT.log("tables/hessian"),
     conda:
         ENV
     params:
@@ -130,19 +130,19 @@ rule density_figures:
         snapshots=snapshots,
     output:
         grid=report(
-            f"{RESULTS}/figures/density_grid.png",
+            LAYOUT.figure("density_grid"),
             caption="../report/density_grid.rst",
             category="Figures",
         ),
-        grid_pdf=f"{RESULTS}/figures/density_grid.pdf",
+        grid_pdf=LAYOUT.figure("density_grid", "pdf"),
         field=report(
-            f"{RESULTS}/figures/vector_field.png",
+            LAYOUT.figure("vector_field"),
             caption="../report/vector_field.rst",
             category="Figures",
         ),
-        field_pdf=f"{RESULTS}/figures/vector_field.pdf",
+        field_pdf=LAYOUT.figure("vector_field", "pdf"),
     log:
-        f"{RESULTS}/logs/figures/density_figures.log",
+        LAYOUT.log("figures/density_figures"),
     conda:
         ENV
     script:
@@ -154,13 +154,13 @@ rule metric_figures:
         summary=SUMMARY,
     output:
         png=report(
-            f"{RESULTS}/figures/{{metric}}_vs_prune_ratio.png",
+            LAYOUT.figure("{metric}_vs_prune_ratio"),
             caption="../report/metric_vs_prune_ratio.rst",
             category="Figures",
         ),
-        pdf=f"{RESULTS}/figures/{{metric}}_vs_prune_ratio.pdf",
+        pdf=LAYOUT.figure("{metric}_vs_prune_ratio", "pdf"),
     log:
-        f"{RESULTS}/logs/figures/{{metric}}_vs_prune_ratio.log",
+        LAYOUT.log("figures/{metric}_vs_prune_ratio"),
     wildcard_constraints:
         metric="hessian|good_samples",
     conda:

@@ -5,12 +5,12 @@ rule train_dense:
     input:
         data=experiment_data,
     output:
-        model=f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/model.pt",
-        record=f"{RESULTS}/{{experiment}}/seed{{seed}}/round000/round.json",
+        model=LAYOUT.dense("model.pt"),
+        record=LAYOUT.dense("round.json"),
     log:
-        f"{RESULTS}/logs/{{experiment}}/seed{{seed}}/round000.log",
+        LAYOUT.log("{experiment}/seed{seed}/round000"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{experiment}}/seed{{seed}}/round000.tsv"
+        LAYOUT.benchmark("{experiment}/seed{seed}/round000")
     conda:
         ENV
     threads: COMPUTE["threads"]

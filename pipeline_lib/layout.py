@@ -1,0 +1,99 @@
+"""Where every file of a study lives: the one place that spells out the results layout.
+
+The Snakemake rules take their output patterns from a :class:`Layout` (with wildcards), the
+input functions and the reporting take concrete paths from the same templates, and nothing
+parses a path back: a metrics file or snapshot names its checkpoint inside
+(``experiment``, ``seed``, ``method``, ``round``). ``results/README.md`` describes the tree::
+
+    <root>/manifest.json                          the study (pipeline_lib.manifest)
+    <root>/data/<data id>/                        train / val / test splits
+    <root>/<experiment>/seed<k>/round000/         dense warm start (round 0 of every method)
+    <root>/<experiment>/seed<k>/<method>/round<r>/ pruned round r = 1..R
+        model.pt, round.json, metrics/{nll.json, samples.json, snapshot.npz, hessian.json}
+    <root>/<experiment>/summary.parquet, <root>/summary.parquet
+    <root>/tables/, <root>/figures/, <root>/logs/, <root>/benchmarks/
+
+Example::
+
+    layout = Layout("results")
+    layout.checkpoint_dir("gaussians", "structured", 0, 3)
+    # 'results/gaussians/seed0/structured/round003'
+    layout.pruned("model.pt")   # the prune rule's output pattern, with wildcards
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CHECKPOINT_PATH", "METRIC_FILES", "Layout"]
+
+#: A checkpoint directory below ``seed<k>/`` (the ``{path}`` wildcard of the evaluate rules):
+#: the dense warm start or a pruned round.
+CHECKPOINT_PATH = "round000|(unstructured|structured)/round[0-9]{3}"
+
+#: The files each metric's evaluation job writes into a round's ``metrics/``.
+METRIC_FILES = {
+    "nll": {"nll": "nll.json"},
+    "samples": {"samples": "samples.json", "snapshot": "snapshot.npz"},
+    "hessian": {"hessian": "hessian.json"},
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The results tree under ``root``. Methods without arguments return Snakemake patterns
+    (``{experiment}``, ``{seed}``, ``{method}``, ``{round}``, ``{path}`` wildcards); the others
+    concrete paths."""
+
+    root: str
+
+    # -- concrete paths --------------------------------------------------------------------
+
+    def data_dir(self, data_id: str) -> str:
+        return f"{self.root}/data/{data_id}"
+
+    def checkpoint_dir(self, experiment: str, method: str | None, seed: int, r: int) -> str:
+        """One checkpoint's directory; round 0 is the dense warm start shared by the methods."""
+        base = f"{self.root}/{experiment}/seed{seed}"
+        return f"{base}/round000" if r == 0 else f"{base}/{method}/round{r:03d}"
+
+    def metric_files(self, checkpoint_dir: str, metric: str) -> dict[str, str]:
+        """The files one metric's job writes for one checkpoint."""
+        return {k: f"{checkpoint_dir}/metrics/{n}" for k, n in METRIC_FILES[metric].items()}
+
+    def experiment_summary(self, experiment: str) -> str:
+        return f"{self.root}/{experiment}/summary.parquet"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.root}/summary.parquet"
+
+    def table(self, name: str, ext: str = "md") -> str:
+        return f"{self.root}/tables/{name}.{ext}"
+
+    def figure(self, name: str, ext: str = "png") -> str:
+        return f"{self.root}/figures/{name}.{ext}"
+
+    def log(self, name: str) -> str:
+        return f"{self.root}/logs/{name}.log"
+
+    def benchmark(self, name: str) -> str:
+        return f"{self.root}/benchmarks/{name}.tsv"
+
+    # -- Snakemake patterns ----------------------------------------------------------------
+
+    def dense(self, name: str) -> str:
+        """A file of the dense round (``train_dense``'s outputs)."""
+        return f"{self.root}/{{experiment}}/seed{{seed}}/round000/{name}"
+
+    def pruned(self, name: str) -> str:
+        """A file of a pruned round (``prune_round``'s outputs)."""
+        return f"{self.root}/{{experiment}}/seed{{seed}}/{{method}}/round{{round}}/{name}"
+
+    def checkpoint(self, name: str) -> str:
+        """A file of any checkpoint (the evaluate rules; ``{path}``: :data:`CHECKPOINT_PATH`)."""
+        return f"{self.root}/{{experiment}}/seed{{seed}}/{{path}}/{name}"
+
+    def metric(self, metric: str) -> dict[str, str]:
+        """The output patterns of one metric's evaluation rule."""
+        return {k: self.checkpoint(f"metrics/{n}") for k, n in METRIC_FILES[metric].items()}
