@@ -33,6 +33,7 @@ from pipeline_lib.data import load_dataset
 from pipeline_lib.data.tabular import TABULAR_DIMS
 from pipeline_lib.evaluation.hessian import HessianConfig, hessian_metrics
 from pipeline_lib.evaluation.nll import evaluate_nll
+from pipeline_lib.experiment import load_experiments
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, SolverConfig, build_flow
 from pipeline_lib.flows.cnf import TRACE_METHODS
 from pipeline_lib.training import (
@@ -137,27 +138,27 @@ def table_s1_spec(dataset: str = "gaussians") -> ModelSpec:
 def miniboone_spec(tol: float = 1e-5) -> ModelSpec:
     """MINIBOONE's flow (``config/paper/tabular.yaml``) with dopri5 at ``rtol = atol = tol``:
     the paper's atol 1e-8 / rtol 1e-6 is too slow for a CPU benchmark."""
-    exp = yaml.safe_load(TABULAR_CONFIG.read_text())["experiments"]["miniboone"]
-    model, train = exp["model"], exp["train"]
+    exp = load_experiments(yaml.safe_load(TABULAR_CONFIG.read_text()))["miniboone"]
     return ModelSpec(
         dim=TABULAR_DIMS["miniboone"],
-        hidden_dims=tuple(model["hidden_dims"]),
-        activation=model["activation"],
-        batch_size=int(train["batch_size"]),
+        hidden_dims=exp.model.hidden_dims,
+        activation=exp.model.activation,
+        batch_size=exp.train.batch_size,
         rtol=tol,
         atol=tol,
-        lr=float(train["lr"]),
-        weight_decay=float(train.get("weight_decay", 0.0)),
-        T=float(model.get("T", 1.0)),
-        train_T=bool(model.get("train_T", False)),
+        lr=exp.train.lr,
+        weight_decay=exp.train.weight_decay,
+        T=exp.model.T,
+        train_T=exp.model.train_T,
     )
 
 
 def default_hessian_settings() -> dict:
-    """The Hessian settings of the default configuration's first experiment."""
-    exps = yaml.safe_load(DEFAULT_CONFIG.read_text())["experiments"]
-    first = next(iter(exps.values()))
-    return dict((first.get("evaluation") or {}).get("hessian") or {})
+    """The Hessian settings of the default configuration's first experiment (what the
+    pipeline runs: :func:`~pipeline_lib.experiment.load_experiments`, defaults filled)."""
+    first = next(iter(load_experiments(yaml.safe_load(DEFAULT_CONFIG.read_text())).values()))
+    settings = first.evaluation.hessian.to_dict()
+    return {k: v for k, v in settings.items() if k not in ("solver", "params", "enabled")}
 
 
 @dataclass
