@@ -140,15 +140,23 @@ class EvaluationConfig:
     hessian: HessianConfig = field(default_factory=HessianConfig)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EvaluationConfig:
-        """Build from a config mapping; missing keys take their defaults."""
+    def from_dict(cls, d: Mapping[str, Any], where: str = "evaluation") -> EvaluationConfig:
+        """Build from a config mapping (missing keys take their defaults); an inconsistent
+        setting raises a ``ValueError`` naming its key below ``where``."""
         d = dict(d)
         solver = d.pop("solver", None)
-        return cls(
-            solver=SolverConfig(**solver) if solver else None,
-            samples=SamplesConfig(**(d.pop("samples", None) or {})),
-            hessian=HessianConfig.from_dict(d.pop("hessian", None) or {}),
-            **d,
+        samples = d.pop("samples", None) or {}
+        hessian = d.pop("hessian", None) or {}
+        return _section(
+            where,
+            lambda: cls(
+                solver=_section(
+                    f"{where}.solver", lambda: SolverConfig(**solver) if solver else None
+                ),
+                samples=_section(f"{where}.samples", lambda: SamplesConfig(**samples)),
+                hessian=_section(f"{where}.hessian", lambda: HessianConfig.from_dict(hessian)),
+                **d,
+            ),
         )
 
     def enabled(self, metric: str) -> bool:
@@ -167,6 +175,8 @@ def _section(where: str, build):
     try:
         return build()
     except (TypeError, ValueError) as err:
+        if str(err).startswith("invalid configuration"):  # a nested section named its key
+            raise
         section = where.rsplit(".", 1)[-1]
         message = re.sub(rf"(?<![\w.]){section}\.", f"{where}.", str(err))
         raise ValueError(f"invalid configuration at '{where}': {message}") from None
@@ -177,8 +187,11 @@ class Experiment:
     """One experiment of a study, as validated and expanded: every section typed.
 
     ``spec`` is the configuration entry it was built from, with the schema's defaults filled
-    in; :meth:`to_dict` returns it and :meth:`from_dict` builds the same experiment from it,
-    which is how a job receives its experiment through ``params``.
+    in (never modify it: the hashes are computed from it); :meth:`to_dict` returns a copy and
+    :meth:`from_dict` builds the same experiment from it, which is how a job receives its
+    experiment through ``params``. ``train`` holds the ``train`` section only: the
+    configuration a round trains with, validation settings, seed and device included, is
+    :meth:`train_config`.
     """
 
     name: str
@@ -212,25 +225,8 @@ class Experiment:
         solver = _section(f"{where}.solver", lambda: SolverConfig(**(e.get("solver") or {})))
         prune = dict(e.get("prune") or {})
         methods = tuple(prune.pop("methods", ("unstructured", "structured")))
-        ev = dict(e.get("evaluation") or {})
-        ev_solver = ev.pop("solver", None)
-        evaluation = _section(
-            f"{where}.evaluation",
-            lambda: EvaluationConfig(
-                solver=_section(
-                    f"{where}.evaluation.solver",
-                    lambda: SolverConfig(**ev_solver) if ev_solver else None,
-                ),
-                samples=_section(
-                    f"{where}.evaluation.samples",
-                    lambda: SamplesConfig(**(ev.pop("samples", None) or {})),
-                ),
-                hessian=_section(
-                    f"{where}.evaluation.hessian",
-                    lambda: HessianConfig.from_dict(ev.pop("hessian", None) or {}),
-                ),
-                **ev,
-            ),
+        evaluation = EvaluationConfig.from_dict(
+            e.get("evaluation") or {}, where=f"{where}.evaluation"
         )
         exp = cls(
             name=name,

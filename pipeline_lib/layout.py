@@ -25,7 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHECKPOINT_PATH", "METRIC_FILES", "Layout"]
+__all__ = ["CHECKPOINT_PATH", "METRIC_FILES", "TRAIN_STATE", "Layout"]
+
+#: The in-flight training state in a round's directory: not a workflow output; it survives a
+#: killed job so that the rerun resumes, and is removed when the round is done.
+TRAIN_STATE = "train_state.pt"
 
 #: A checkpoint directory below ``seed<k>/`` (the ``{path}`` wildcard of the evaluate rules):
 #: the dense warm start or a pruned round.

@@ -1,7 +1,7 @@
 """One results directory, one study: the manifest of the experiments a directory holds.
 
 ``<results>/manifest.json`` lists every experiment whose outputs the directory holds, with the
-hash of its settings (:func:`~pipeline_lib.experiment.config_hash`) and the configuration
+hash of its settings (:attr:`~pipeline_lib.experiment.Experiment.config_hash`) and the configuration
 files that last planned it. The summary, tables and figures of a directory are built from the
 experiments of the configuration that runs, so a second configuration writing into the same
 directory would leave a summary without the first one's rows. :func:`register_study`, called

@@ -99,6 +99,8 @@ class PruneConfig:
             raise ValueError(
                 f"prune.target_prune_ratio must be in (0, 1), got {self.target_prune_ratio}"
             )
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"prune.patience must be >= 1 or null, got {self.patience}")
         if self.schedule not in ("geometric", "paper_toy"):
             raise ValueError(
                 f"prune.schedule must be 'geometric' or 'paper_toy', got {self.schedule!r}"
@@ -200,7 +202,7 @@ def sparse_flow_round(
     method, keep ratio, round, starting weights (their digest) and ``key`` (the caller's
     settings); otherwise :func:`~pipeline_lib.training.train` discards it and starts over. Divergence: the final
     validation NLL is compared with ``reference_nll`` (the previous round's; when None, the
-    model's before training) by :func:`~pipeline_lib.training.has_diverged`; a diverged round is
+    model's before training) by :func:`~pipeline_lib.records.has_diverged`; a diverged round is
     flagged with a warning, or stops with :class:`TrainingDivergedError` under
     ``on_divergence: fail``. Returns the round's metrics and its per-epoch history; test NLL
     is NaN without ``test_x``.

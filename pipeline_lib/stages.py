@@ -1,5 +1,8 @@
 """The workflow's steps as functions of files: one function per Snakemake rule kind.
 
+Where the files lie is :mod:`pipeline_lib.layout`'s business; what a round record holds is
+:class:`~pipeline_lib.records.RoundRecord`.
+
 Each function reads its inputs from disk, calls the science in the other modules and writes
 its outputs atomically, so the rule scripts in ``workflow/scripts`` stay one call long and the
 steps are testable without Snakemake.
@@ -38,6 +41,7 @@ from pipeline_lib.io import (
     write_json,
     write_npz,
 )
+from pipeline_lib.layout import TRAIN_STATE
 from pipeline_lib.sparse_flow import RoundRecord, plan_round, sparse_flow_round
 from pipeline_lib.training import load_checkpoint, save_checkpoint
 
@@ -150,7 +154,7 @@ def train_round(
         total_rounds=exp.rounds,
         # the in-flight training state, resumed only under the same settings
         # (sparse_flow_round adds the round, method, keep ratio and starting weights)
-        checkpoint=out_model.parent / "train_state.pt",
+        checkpoint=out_model.parent / TRAIN_STATE,
         reference_nll=prev.val_nll if prev is not None else None,
         key={"experiment": exp.rerun_key, "seed": seed},
     )
@@ -187,7 +191,7 @@ def train_round(
         model_digest=model_digest,
     )
     write_json(out_record, record.to_dict(), signed=True)
-    (out_model.parent / "train_state.pt").unlink(missing_ok=True)
+    (out_model.parent / TRAIN_STATE).unlink(missing_ok=True)
     if stopped:
         log.info(
             "early stop at round %d/%d: validation NLL stopped improving", round_index, exp.rounds

@@ -356,18 +356,29 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str) -> to
     return torch.randperm(n, generator=shuffle).to(device)
 
 
-def _rng_state() -> dict[str, Any]:
-    """The random state that a resumed run must continue from: CPU and every CUDA device
-    (Hutchinson noise is drawn on the model's device)."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"rng": torch.get_rng_state(), "cuda_rng": cuda}
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The random state that a resumed run must continue from: the CPU's and, on a GPU, the
+    training device's (Hutchinson noise is drawn on the model's device)."""
+    state: dict[str, Any] = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _restore_rng(state: dict[str, Any]) -> None:
+def _restore_rng(state: dict[str, Any], device: torch.device, prefix: str) -> None:
     torch.set_rng_state(state["rng"].cpu())
-    cuda = state.get("cuda_rng") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([t.cpu() for t in cuda])
+    if device.type != "cuda":
+        return
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    else:
+        log.warning(
+            "%sthe training state holds no CUDA random state (saved on the CPU or by an older "
+            "version): Hutchinson noise on %s continues from another stream than an "
+            "uninterrupted run's",
+            prefix,
+            device,
+        )
 
 
 def _resume(
@@ -390,7 +401,7 @@ def _resume(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _restore_rng(state)
+    _restore_rng(state, next(model.parameters()).device, prefix)
     epoch = int(state["epoch"])
     result.history = list(state["history"])
     result.seconds = float(state.get("seconds", 0.0))
@@ -417,7 +428,7 @@ def _save_state(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            **_rng_state(),
+            **_rng_state(next(model.parameters()).device),
             "epoch": epoch,
             "history": result.history,
             "seconds": result.seconds,

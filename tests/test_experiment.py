@@ -132,3 +132,27 @@ def test_load_experiments_builds_one_frozen_typed_experiment():
         exp.train.lr = 1.0  # type: ignore[misc]
     with pytest.raises(ValueError, match=r"'experiments\.g\.model\.family'.*'ffjord'"):
         load_experiments({"experiments": {"g": {"dataset": "gaussians", "model": {"family": "x"}}}})
+
+
+def test_settings_hashes_of_the_default_study_are_stable():
+    """Refactors must not change what a study's settings hash to: the rerun key decides which
+    training jobs rerun and which in-flight training states resume (values of this release)."""
+    import yaml
+
+    from pipeline_lib.experiment import SCHEMA, load_experiments
+
+    config = yaml.safe_load((SCHEMA.parents[2] / "config" / "config.yaml").read_text())
+    exp = load_experiments(config)["gaussians"]
+    assert (exp.config_hash, exp.rerun_hash) == ("0e0314bdbe9c", "26bbef1b766f")
+
+
+def test_nested_errors_name_their_key_once():
+    import pytest
+
+    from pipeline_lib.experiment import load_experiments
+
+    bad = {"dataset": "gaussians", "evaluation": {"solver": {"method": "rk4"}}}
+    with pytest.raises(ValueError) as err:
+        load_experiments({"experiments": {"x": bad}})
+    assert str(err.value).count("invalid configuration") == 1
+    assert "'experiments.x.evaluation.solver'" in str(err.value)

@@ -118,11 +118,15 @@ def plot_nll_vs_prune_ratio(
 def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
     """The density snapshots by (experiment, seed, method, round), as each names itself;
     round 0 is 'dense'."""
-    from pipeline_lib.io import load_npz, metrics_fix
+    from pipeline_lib.io import UnreadableFileError, load_npz, metrics_fix
 
     out = {}
     for p in paths:
         arrays = load_npz(p, fix=metrics_fix(p))
+        if "experiment" not in arrays:
+            raise UnreadableFileError(
+                p, "does not name its checkpoint (written by an older version)", metrics_fix(p)
+            )
         if "log_density" in arrays:
             key = (str(arrays["experiment"]), int(arrays["seed"]), str(arrays["method"]))
             out[(*key, int(arrays["round"]))] = arrays

@@ -9,7 +9,7 @@ digest (:mod:`pipeline_lib.io`), a record must have the fields and ranges of
 :func:`check_record`, and the metrics must name the checkpoint of their record. Anything else
 stops the aggregation with an error naming the file and the fix, so no row is silently wrong
 or dropped. ``diverged`` is recomputed from the record with the experiment's current
-threshold (:func:`~pipeline_lib.training.has_diverged`).
+threshold (:func:`~pipeline_lib.records.has_diverged`).
 """
 
 from __future__ import annotations
