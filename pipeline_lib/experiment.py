@@ -413,10 +413,12 @@ def load_experiments(config: dict[str, Any]) -> dict[str, Experiment]:
 
 def per_seed_settings(exp: Mapping[str, Any]) -> dict:
     """An experiment entry as one (seed, method) chain sees it: without the list of seeds and
-    the list of pruning methods, which are wildcards of the jobs. Adding a seed or a method to
+    the list of pruning methods, which are wildcards of the jobs, and without the ``sweep``
+    that generated it. Adding a seed or a method to
     an experiment therefore plans new jobs and leaves the finished ones alone."""
     out = copy.deepcopy(dict(exp))
     out.pop("seeds", None)
+    out.pop("sweep", None)  # already expanded into the experiment's settings
     if isinstance(out.get("prune"), dict):
         out["prune"].pop("methods", None)
     return out

@@ -127,6 +127,7 @@ def test_load_experiments_builds_one_frozen_typed_experiment():
     assert Experiment.from_dict(exp.name, exp.to_dict()) == exp
     # the rerun key leaves out what cannot change the model, and the lists of seeds / methods
     assert "val_every" not in exp.rerun_key["train"] and "seeds" not in exp.rerun_key
+    assert "sweep" not in exp.rerun_key  # the sweep is in the settings it generated
     assert exps["g__lr-0.01"].rerun_hash != exp.rerun_hash
     with pytest.raises(dataclasses.FrozenInstanceError):
         exp.train.lr = 1.0  # type: ignore[misc]
