@@ -90,6 +90,7 @@ def dry_run(configfile: Path, tmp_path: Path) -> dict[str, int]:
         ("config/paper/gaussians.yaml", 1, 3, None),
         ("config/paper/gaussians_rnode.yaml", 1, 1, None),
         ("config/paper/gaussians_l4h64.yaml", 1, 1, None),
+        ("config/paper/spirals.yaml", 2, 1, None),
         ("config/paper/gaussians_concatsquash.yaml", 1, 1, None),
     ],
 )
