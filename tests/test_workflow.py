@@ -362,6 +362,31 @@ def test_tiny_run_reruns_only_what_an_edit_touches(tiny_run):
     assert counts["train_dense"] == 1 and counts["prune_round"] == 4
 
 
+def test_a_kept_study_continues_on_a_fresh_checkout(tiny_run, tmp_path):
+    """A results tree copied without its dates and metadata (a git clone of the kept studies)
+    is up to date again after restore_dates: only what is missing is made."""
+    from pipeline_lib.layout import restore_dates
+
+    workdir, cfg = tiny_run
+    shutil.copytree(workdir / "results", tmp_path / "results")
+    shutil.copy(cfg, tmp_path / cfg.name)
+    rng = random.Random(0)
+    for path in (tmp_path / "results").rglob("*"):  # dates as arbitrary as a checkout's
+        stamp = time.time() - rng.uniform(0, 1000)
+        os.utime(path, (stamp, stamp))
+    args = ["-n", "--cores", "1", "--configfile", str(tmp_path / cfg.name)]
+    assert "prune_round" in job_counts(
+        snakemake([*args, "--rerun-triggers", "mtime"], tmp_path).stdout
+    )
+    assert restore_dates(tmp_path / "results") > 50
+    res = snakemake([*args, "--rerun-triggers", "mtime"], tmp_path)
+    assert res.returncode == 0 and "Nothing to be done" in res.stdout, res.stdout[-2000:]
+    (tmp_path / "results/tiny/seed0/structured/round002/metrics/hessian.json").unlink()
+    counts = job_counts(snakemake([*args, "--rerun-triggers", "mtime"], tmp_path).stdout)
+    assert counts["evaluate_hessian"] == 1
+    assert not {"train_dense", "prune_round", "evaluate_nll", "evaluate_samples"} & set(counts)
+
+
 def summary_rows(results: Path) -> pd.DataFrame:
     df = pd.read_parquet(results / "summary.parquet")
     return (
