@@ -21,7 +21,10 @@ Modules map to the paper's concepts (docs/ARCHITECTURE.md has the data flow):
   :mod:`pipeline_lib.io`, :mod:`pipeline_lib.manifest`,
   :mod:`pipeline_lib.devices` — signed atomic files, one study per results directory, GPUs.
 
-Image flows (§4.3) and neural-ODE classifiers (§4.6) are not implemented yet.
+- :mod:`pipeline_lib.classifier` — the neural-ODE classifier of §4.6 (the released ``Node``);
+  its training, metrics and workflow rules are not wired in yet.
+
+Image flows (§4.3) are not implemented yet.
 """
 
 __version__ = "0.1.0"

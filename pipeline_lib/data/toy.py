@@ -27,6 +27,9 @@ name               geometry (raw coordinates)                                def
 ``circles``        two rings (radius 3 and 1.5, 0.5 · 3) + N(0, (0.08·3)²)    16,384
 ``2spirals``       two arms: angle t = √u·540°, point (−t cos t, t sin t) +   8,192 per arm
                    U[0, 0.5)², divided by 3, plus N(0, 0.1²)
+``concentric``     classification set of §4.6 (torchdyn ``spheres``, the     1,024
+                   released ``ToyConcentric``): uniform on circles of radius
+                   0.75 (label 1) and 1.5 (label 0) + N(0, 0.1²)
 =================  ========================================================  ==================
 
 Labels are the mode (Gaussian component, spiral/pinwheel arm, moon, ring) where the data has
@@ -186,6 +189,19 @@ def _circles(rng: np.random.Generator, n: int, noise: float | None) -> Sample:
     return scale * x, np.repeat(np.arange(2), [n_out, n_in])
 
 
+def _concentric(rng: np.random.Generator, n: int, noise: float | None) -> Sample:
+    """torchdyn's ``spheres`` in 2-D with the released ``ToyConcentric`` settings: half the
+    points uniform on the circle of radius 0.75 (label 1), half on radius 1.5 (label 0),
+    plus N(0, noise²) (noise 0.1)."""
+    noise = 0.1 if noise is None else noise
+    n_in, n_out = n // 2, n - n // 2
+    v = rng.standard_normal((n, 2))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    x = v * np.concatenate([np.full(n_in, 0.75), np.full(n_out, 1.5)])[:, None]
+    x += noise * rng.standard_normal(x.shape)
+    return x, np.concatenate([np.ones(n_in, dtype=np.int64), np.zeros(n_out, dtype=np.int64)])
+
+
 def _two_spirals(rng: np.random.Generator, n: int, noise: float | None) -> Sample:
     noise = 0.1 if noise is None else noise
     t = np.sqrt(rng.random(n)) * math.radians(540.0)
@@ -215,6 +231,7 @@ _SPECS: dict[str, _ToySpec] = {
     "checkerboard": _ToySpec(_checkerboard, 2**14, None),
     "circles": _ToySpec(_circles, 2**14, None, has_noise=True),
     "2spirals": _ToySpec(_two_spirals, 2**13, 2, has_noise=True),
+    "concentric": _ToySpec(_concentric, 1024, None, has_noise=True),
 }
 
 TOY_DATASETS: tuple[str, ...] = tuple(_SPECS)
