@@ -114,6 +114,14 @@ def test_circles_and_moons_geometry() -> None:
     moons = generate_toy("moons", seed=0)
     assert moons.sizes["train"] == 1024
     assert torch.bincount(moons.train_labels).tolist() == [512, 512]
+    # torchdyn's noise (the released ToyMoons): one uniform shift u ∈ [0, 0.1) of both
+    # coordinates, so x − y is that of the noiseless moons and x + y grows by 2u
+    clean = generate_toy("moons", seed=0, noise=0.0)
+    raw, raw0 = moons.unstandardize(moons.train.double()), clean.unstandardize(clean.train.double())
+    diff, diff0 = (raw[:, 0] - raw[:, 1]).sort().values, (raw0[:, 0] - raw0[:, 1]).sort().values
+    torch.testing.assert_close(diff, diff0, rtol=0, atol=1e-5)
+    shift = (raw.sum(dim=1).sum() - raw0.sum(dim=1).sum()) / (2 * len(raw))
+    assert 0.04 < float(shift) < 0.06  # the mean of U[0, 0.1)
 
 
 def test_size_keywords() -> None:

@@ -2,8 +2,8 @@
 
 The three multi-modal sets of the paper follow the torchdyn generators its toy experiments
 were built on (Sparse Flows §S9), with the sizes of its data configuration; FFJORD's 2-D sets
-(Grathwohl et al. 2019, ``lib/toy_data.py``) and the moons of the classification experiment
-(Sparse Flows §4.5) are reimplemented from their documented behaviour.
+(Grathwohl et al. 2019, ``lib/toy_data.py``) and the moons and concentric circles of the classification experiment
+(Sparse Flows §4.6, torchdyn's generators as the released code draws them) are reimplemented from their documented behaviour.
 
 =================  ========================================================  ==================
 name               geometry (raw coordinates)                                default size
@@ -18,7 +18,8 @@ name               geometry (raw coordinates)                                def
                    (−t cos t, t sin t) + U[0, noise)² with noise 0.5; the     (32,768 train)
                    second arm is the first one mirrored through the origin
 ``moons``          two interleaving half circles (outer: (cos s, sin s);      1,024
-                   inner: (1 − cos s, 0.5 − sin s), s ∈ [0, π]) + N(0, 0.1²)
+                   inner: (1 − cos s, 0.5 − sin s), s ∈ [0, π]) + (u, u),
+                   u ~ U[0, 0.1) (torchdyn's, as the released ``ToyMoons``)
 ``8gaussians``     8 Gaussians, std 0.5/1.414, centers 4/1.414 · compass      16,384
                    directions, mode drawn uniformly per point
 ``pinwheel``       5 arms: radial N(1, 0.3²), tangential N(0, 0.1²), rotated  3,276 per arm
@@ -132,6 +133,9 @@ def _spiral(rng: np.random.Generator, n: int, noise: float | None) -> Sample:
 
 
 def _moons(rng: np.random.Generator, n: int, noise: float | None) -> Sample:
+    """torchdyn's ``moons``, which the released classifier's ``ToyMoons`` draws (noise 0.1):
+    the two half circles with one uniform shift U[0, noise) added to *both* coordinates of a
+    point (``X += rand(n, 1) * noise``), not scikit-learn's Gaussian noise per coordinate."""
     noise = 0.1 if noise is None else noise
     n_out, n_in = n // 2, n - n // 2
     s_out = np.linspace(0.0, math.pi, n_out)
@@ -142,7 +146,7 @@ def _moons(rng: np.random.Generator, n: int, noise: float | None) -> Sample:
             np.stack([1.0 - np.cos(s_in), 0.5 - np.sin(s_in)], axis=1),
         ]
     )
-    x += noise * rng.standard_normal(x.shape)
+    x += noise * rng.random((n, 1))
     return x, np.repeat(np.arange(2), [n_out, n_in])
 
 
