@@ -2,8 +2,9 @@
 
 The three multi-modal sets of the paper follow the torchdyn generators its toy experiments
 were built on (Sparse Flows §S9), with the sizes of its data configuration; FFJORD's 2-D sets
-(Grathwohl et al. 2019, ``lib/toy_data.py``) and the moons and concentric circles of the classification experiment
-(Sparse Flows §4.6, torchdyn's generators as the released code draws them) are reimplemented from their documented behaviour.
+(Grathwohl et al. 2019, ``lib/toy_data.py``) and the moons and concentric circles of the
+classification experiment (Sparse Flows §4.6, torchdyn's generators as the released code draws
+them) are reimplemented from their documented behaviour.
 
 =================  ========================================================  ==================
 name               geometry (raw coordinates)                                default size
