@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline_lib.manifest import MANIFEST_NAME
+
 __all__ = ["CHECKPOINT_PATH", "METRIC_FILES", "TRAIN_STATE", "Layout", "restore_dates"]
 
 #: The in-flight training state in a round's directory: not a workflow output; it survives a
@@ -111,7 +113,7 @@ def _rank(rel: Path) -> int | None:
     parts = rel.parts
     if parts[0] in ("logs", "benchmarks") or rel.name == TRAIN_STATE:
         return None
-    if parts[0] in ("data", MANIFEST):
+    if parts[0] in ("data", MANIFEST_NAME):
         return 0
     if parts[0] in ("tables", "figures"):
         return _LAST + 2
@@ -124,42 +126,63 @@ def _rank(rel: Path) -> int | None:
     return 2 * r + (2 if "metrics" in parts else 1)
 
 
-MANIFEST = "manifest.json"
 _LAST = 10_000
+_STEP_NS = 1_000_000  # 1 ms between ranks: all dates within the 20 s before the call
 
 
 def restore_dates(root: str | Path) -> int:
-    """Date the files of a results tree in the order the workflow makes them, and return how
-    many were dated.
+    """Date the files of one study's results tree in the order the workflow makes them, and
+    return how many were dated.
 
     A results tree copied without its file dates (a ``git clone`` of the studies kept in the
-    repository) has arbitrary ones, and Snakemake reruns a job whose input is newer than its
-    output, whatever the rerun triggers. Afterwards the data and manifest are oldest, then
-    round 0, 1, … of every chain (model and record, then their metrics), then the summaries,
-    tables and figures; every kept output is up to date and only missing ones are made. Run
+    repository) has arbitrary ones, and under Snakemake's ``mtime`` rerun trigger (on by
+    default) a job whose input is newer than its output reruns. Afterwards the data and
+    manifest are oldest, then round 0, 1, … of every chain (model and record, then their
+    metrics), then the summaries, tables and figures, all within the 20 s before the call (so
+    inputs made earlier outside the tree, such as extracted archives, stay older); every kept
+    output is up to date and only missing ones are made. Run
     ``python -m pipeline_lib.layout restore-dates <results dir>`` before continuing a study.
+
+    Raises:
+        ValueError: ``root`` is not a study's results directory (it has no ``manifest.json``)
+            or holds no file to date. Nested studies (a directory below ``root`` with its own
+            manifest) are left alone: date each on its own.
     """
     import os
     import time
 
     root = Path(root)
-    now = time.time() - 2 * (_LAST + 3)
+    if not (root / MANIFEST_NAME).is_file():
+        raise ValueError(
+            f"{root} is not a study's results directory (no {MANIFEST_NAME}); give the "
+            "directory a configuration's 'results' names, e.g. results/paper/gaussians"
+        )
+    nested = {m.parent for m in root.rglob(MANIFEST_NAME) if m.parent != root}
+    base = time.time_ns() - (_LAST + 3) * _STEP_NS
     dated = 0
     for path in sorted(root.rglob("*")):
+        if any(n == path or n in path.parents for n in nested):
+            continue
         rank = _rank(path.relative_to(root))
         if rank is None:
             continue
-        os.utime(path, (now + rank, now + rank))
+        stamp = base + rank * _STEP_NS
+        os.utime(path, ns=(stamp, stamp))
         dated += 1
+    if not dated:
+        raise ValueError(f"{root} holds no results to date")
     return dated
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline_lib.layout restore-dates <results dir>``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pipeline_lib.layout")
     sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("restore-dates", help=restore_dates.__doc__.splitlines()[0])
+    cmd = sub.add_parser(
+        "restore-dates", help="date a copied study's files in the workflow's order"
+    )
     cmd.add_argument("results", help="a study's results directory, e.g. results/paper/gaussians")
     args = parser.parse_args(argv)
     print(f"dated {restore_dates(args.results)} files under {args.results}")

@@ -113,6 +113,13 @@ def train_round(
         "config_hash": exp.rerun_hash,  # what the model was trained under
     }
     prev = RoundRecord.from_dict(read_record(prev_record)) if prev_record is not None else None
+    if prev is not None and prev.config_hash != exp.rerun_hash:
+        raise ValueError(
+            f"{prev_record} was trained under other settings (hash {prev.config_hash}, now "
+            f"{exp.rerun_hash}): a chain must not continue from it. Let Snakemake retrain the "
+            "chain (run without --rerun-triggers, which tracks the settings), or delete the "
+            "experiment's results to start it over"
+        )
     plan = plan_round(prev, exp.prune, method, round_index)
     if plan.skip:
         load_model(prev_model, "cpu", prev.model_digest)  # verified before it is copied

@@ -135,6 +135,10 @@ def test_load_experiments_builds_one_frozen_typed_experiment():
         load_experiments({"experiments": {"g": {"dataset": "gaussians", "model": {"family": "x"}}}})
 
 
+#: The first ablation experiment and its rerun hash, as computed before the typed experiment.
+PINNED_SWEPT = ("activation__activation-elu", "cdcb405afe0f")
+
+
 def test_settings_hashes_of_the_default_study_are_stable():
     """Refactors must not change what a study's settings hash to: the rerun key decides which
     training jobs rerun and which in-flight training states resume (values of this release)."""
@@ -145,6 +149,10 @@ def test_settings_hashes_of_the_default_study_are_stable():
     config = yaml.safe_load((SCHEMA.parents[2] / "config" / "config.yaml").read_text())
     exp = load_experiments(config)["gaussians"]
     assert (exp.config_hash, exp.rerun_hash) == ("0e0314bdbe9c", "26bbef1b766f")
+    ablation = yaml.safe_load((SCHEMA.parents[2] / "config/paper/ablation.yaml").read_text())
+    swept = load_experiments(ablation)
+    name = sorted(swept)[0]
+    assert (name, swept[name].rerun_hash) == PINNED_SWEPT
 
 
 def test_nested_errors_name_their_key_once():

@@ -127,6 +127,21 @@ def finished_round(tmp_path):
     return {"exp": exp, "data": data, "r0": r0, "r1": r1}
 
 
+def test_a_chain_does_not_continue_from_a_round_of_other_settings(finished_round, tmp_path):
+    """Round 2 refuses round 1's model when the training settings changed since (e.g. under
+    --rerun-triggers mtime, which does not track settings)."""
+    spec = finished_round["exp"].to_dict()
+    spec["train"]["lr"] = 2 * spec["train"]["lr"]
+    changed = load_experiments({"experiments": {"tiny": spec}})["tiny"]
+    r1, r2 = finished_round["r1"], tmp_path / "unstructured" / "round002"
+    with pytest.raises(ValueError, match="trained under other settings"):
+        train_round(changed, seed=0, method="unstructured", round_index=2,
+                    data_dir=finished_round["data"], out_model=r2 / "model.pt",
+                    out_record=r2 / "round.json", prev_model=r1 / "model.pt",
+                    prev_record=r1 / "round.json")  # fmt: skip
+    assert not (r2 / "model.pt").exists()
+
+
 def test_truncated_model_names_the_file_and_the_fix(finished_round):
     model = finished_round["r1"] / "model.pt"
     model.write_bytes(model.read_bytes()[:-300])

@@ -56,3 +56,20 @@ def test_noise_accuracy_matches_the_gaussian_closed_form():
         expected = torch.where(labels == linear(x), keep, 1 - keep).mean()
         stderr = math.sqrt(0.25 / (draws * len(x)))
         assert abs(acc - float(expected)) < 4 * stderr, (sigma, acc, float(expected))
+
+
+def test_distances_to_a_curved_boundary():
+    """A circle of radius R: the distance of x to the boundary is | |x| − R |; lines from a
+    point to another class may cross the circle twice (bisection finds a crossing)."""
+    radius = 1.0
+
+    def circle(x: torch.Tensor) -> torch.Tensor:
+        return (x.norm(dim=1) < radius).long()
+
+    x = points(150, seed=3)
+    true = (x.norm(dim=1) - radius).abs()
+    d = boundary_distances(circle, x, resolution=400, tol=1e-7)
+    span = float((x.max(0).values - x.min(0).values).max()) * 1.5
+    spacing = span / 399
+    assert bool((d >= true - 1e-6).all())
+    assert float((d - true).max()) <= 2 * spacing

@@ -41,6 +41,8 @@ a validation set and a test set, the latter two of half the training size (half 
 count, rounded down, for per-mode sets) as in the paper's toy setup. All three are standardized
 with the *scalar* mean and the *scalar* (population) standard deviation of the training set,
 one number each over all coordinates; both are kept in :class:`DataSplits` ``mean``/``std``.
+(The released classification sets standardize their training and test sets each with its own
+statistics; here the training statistics standardize all splits, for every set.)
 
 Example::
 
@@ -307,8 +309,9 @@ def generate_toy(
             (``gaussians``, ``gaussianspiral``, ``spiral``, ``pinwheel``, ``2spirals``).
         n_samples: training-set size; for per-mode sets it is divided evenly among the modes
             (rounded down).
-        noise: noise level of ``spiral`` (uniform, default 0.5), ``moons`` (0.1), ``circles``
-            (0.08) and ``2spirals`` (0.1); other sets reject it.
+        noise: noise level of ``spiral`` (uniform, default 0.5), ``moons`` (width of the
+            uniform diagonal shift, 0.1), ``circles`` (0.08), ``2spirals`` (0.1) and
+            ``concentric`` (Gaussian std, 0.1); other sets reject it.
 
     Returns:
         :class:`DataSplits` with float32 ``(N, 2)`` splits, int64 mode labels (``None`` for

@@ -5,9 +5,9 @@ close to one class, which makes it less robust. Two measures quantify that:
 
 - :func:`boundary_distances`: for each point, the distance to the decision boundary along the
   line to the nearest point of another predicted class on a fine grid, located by bisection
-  on that line. It is an upper bound on the Euclidean distance to the boundary, tight up to
-  about the grid spacing (exact for a linear boundary where the grid is fine); its mean and
-  5th percentile per prune ratio are reported (:func:`distance_summary`).
+  on that line. It is an upper bound on the Euclidean distance to the boundary, within about
+  one grid spacing of it (the segment to a grid point is oblique to the boundary); its mean
+  and 5th percentile summarize a classifier (:func:`distance_summary`).
 - :func:`noise_accuracy`: accuracy when Gaussian noise N(0, σ²I) is added to the inputs.
 
 Both take ``predict``, a function from a batch of inputs ``(N, d)`` to predicted classes
@@ -33,6 +33,13 @@ Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _grid(x: torch.Tensor, resolution: int, margin: float) -> torch.Tensor:
+    """A ``resolution``^d grid over the bounding box of ``x``, widened by ``margin`` of its
+    size on each side."""
+    if resolution ** x.shape[1] > 10**7:
+        raise ValueError(
+            f"a {resolution}^{x.shape[1]} grid is too large; boundary distances by grid search "
+            "are meant for 2-D (or 3-D) inputs"
+        )
     lo, hi = x.min(dim=0).values, x.max(dim=0).values
     pad = margin * (hi - lo).clamp_min(1e-12)
     axes = [torch.linspace(float(a), float(b), resolution, dtype=x.dtype) for a, b in
@@ -80,7 +87,8 @@ def boundary_distances(
     steps = max(1, math.ceil(math.log2(float(length.max()) / tol)))
     for _ in range(steps):
         mid = (lo + hi) / 2
-        same = predict(start + mid[:, None] * (end - start)) == own
+        probe = start + mid[:, None] * (end - start)
+        same = torch.cat([predict(b) for b in probe.split(chunk)]) == own
         lo = torch.where(same, mid, lo)
         hi = torch.where(same, hi, mid)
     out[found] = (lo + hi) / 2 * length
