@@ -107,15 +107,17 @@ class Layout:
 
 
 def _rank(rel: Path) -> int | None:
-    """Where a file of the results tree comes in the workflow's order (None: not an input of
-    any rule). Rounds are ordered by their number: round r reads round r − 1 of its chain,
+    """Where a file of the results tree comes in the workflow's order (None: the in-flight
+    training state, which no rule reads). Rounds are ordered by their number: round r reads round r − 1 of its chain,
     and the metrics of a round read its model and record."""
     parts = rel.parts
-    if parts[0] in ("logs", "benchmarks") or rel.name == TRAIN_STATE:
+    if rel.name == TRAIN_STATE:
         return None
     if parts[0] in ("data", MANIFEST_NAME):
         return 0
-    if parts[0] in ("tables", "figures"):
+    # logs and benchmark files count as outputs of their jobs (Snakemake takes the oldest of
+    # a job's outputs, logs included): newest of all, they never make an output look stale
+    if parts[0] in ("tables", "figures", "logs", "benchmarks"):
         return _LAST + 2
     if rel.name == "summary.parquet":
         return _LAST if len(parts) == 2 else _LAST + 1
