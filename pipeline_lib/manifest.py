@@ -30,6 +30,17 @@ __all__ = ["MANIFEST_NAME", "register_study"]
 MANIFEST_NAME = "manifest.json"
 
 
+def _shown(configfile: str | Path) -> str:
+    """A configuration file as the manifest records it: relative to the working directory
+    where it lies below it (Snakemake passes absolute paths), so that a results directory
+    kept in a repository names no path of the machine that ran it."""
+    path = Path(configfile)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _subdirs(path: Path) -> list[Path]:
     return [d for d in path.iterdir() if d.is_dir()] if path.is_dir() else []
 
@@ -73,7 +84,7 @@ def register_study(
             )
         manifest = {
             "experiments": {
-                name: {"config_hash": digest, "configfiles": [str(c) for c in configfiles]}
+                name: {"config_hash": digest, "configfiles": [_shown(c) for c in configfiles]}
                 for name, digest in sorted(experiments.items())
             },
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

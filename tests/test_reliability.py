@@ -373,9 +373,12 @@ def test_results_directory_holds_one_study(tmp_path):
     assert (results / "a").is_dir()
     with pytest.raises(ValueError, match=r"holds the experiment\(s\) a of another configuration"):
         register_study(results, {"b": "h2"}, ["two.yaml"], write=False)
-    register_study(results, {"a": "h3", "b": "h2"}, ["three.yaml"])  # a superset adds
+    # a superset adds; a configuration file below the working directory is recorded relative
+    # to it (Snakemake passes absolute paths), so a kept results tree names no machine's paths
+    register_study(results, {"a": "h3", "b": "h2"}, [Path.cwd() / "config" / "three.yaml"])
     manifest = read_json(results / "manifest.json")
     assert manifest["experiments"]["a"]["config_hash"] == "h3"
+    assert manifest["experiments"]["a"]["configfiles"] == [str(Path("config") / "three.yaml")]
     (results / "a").rmdir()  # deleting an experiment's directory drops it
     register_study(results, {"b": "h2"}, ["two.yaml"])
     assert list(read_json(results / "manifest.json")["experiments"]) == ["b"]
