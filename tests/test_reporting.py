@@ -182,7 +182,7 @@ def test_snapshots_name_their_checkpoint_inside(tmp_path):
     import numpy as np
 
     from pipeline_lib.io import write_npz
-    from pipeline_lib.reporting.figures import _load_snapshots
+    from pipeline_lib.reporting.figures import _load_arrays
 
     grid = {"log_density": np.zeros((4, 4)), "available": np.array(True)}
     a, b, c = tmp_path / "a.npz", tmp_path / "x" / "b.npz", tmp_path / "c.npz"
@@ -192,7 +192,10 @@ def test_snapshots_name_their_checkpoint_inside(tmp_path):
                   "method": np.array("structured"), "round": np.array(7)})  # fmt: skip
     write_npz(c, {"available": np.array(False), "experiment": np.array("e1"),
                   "seed": np.array(2), "method": np.array("structured"), "round": np.array(8)})  # fmt: skip
-    assert sorted(_load_snapshots([a, b, c])) == [("e1", 2, "dense", 0), ("e1", 2, "structured", 7)]
+    assert sorted(_load_arrays([a, b, c], "log_density")) == [
+        ("e1", 2, "dense", 0),
+        ("e1", 2, "structured", 7),
+    ]
 
 
 def test_published_nll_curve_reads_the_papers_tables():

@@ -1,5 +1,8 @@
 """Paper tables from ``summary.parquet`` (Markdown, LaTeX and CSV, made by pandas).
 
+:func:`write_classifier_table` is §4.6's numbers as a table: accuracy, cross-entropy,
+robustness and parameters of neural-ODE classifiers per prune ratio.
+
 :func:`write_nll_table` gives the layout of Tables S4–S10: prune ratio, number of nonzero
 parameters and test NLL for unstructured and structured pruning, mean ± std over seeds with
 the number of seeds, and — where the paper has a number at that prune ratio — the published
@@ -19,10 +22,12 @@ from pipeline_lib.reporting.published import published_metric_curve, published_n
 from pipeline_lib.reporting.summary import prune_ratio_axis, with_relative_metrics
 
 __all__ = [
+    "classifier_table",
     "good_samples_table",
     "hessian_table",
     "mean_std",
     "nll_table",
+    "write_classifier_table",
     "write_good_samples_table",
     "write_hessian_table",
     "write_nll_table",
@@ -300,6 +305,62 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds. "
         "`paper`: Tables S11–S12 (structured pruning) at the same nominal prune ratio, beside "
         "our structured rows.",
+        md,
+        csv,
+        tex,
+    )
+    return table
+
+
+#: The classifier table's columns: (summary column, label, format).
+_CLASSIFIER_COLUMNS = (
+    ("test_accuracy", "accuracy", "{:.3f}"),
+    ("test_nll", "cross-entropy", "{:.3f}"),
+    ("boundary_distance_mean", "boundary dist. mean", "{:.3f}"),
+    ("boundary_distance_p5", "boundary dist. p5", "{:.3f}"),
+)
+
+
+def classifier_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Neural-ODE classifiers (§4.6) per prune round: test accuracy, test cross-entropy,
+    distance to the decision boundary (mean, 5th percentile), accuracy under input noise per
+    σ and nonzero parameters, mean and std over seeds."""
+    if "family" not in summary:
+        raise ValueError("the summary has no classifier rows (no 'family' column)")
+    df = summary[summary["family"] == "classifier"]
+    if df.empty:
+        raise ValueError("the summary has no classifier rows")
+    noisy = sorted(c for c in df.columns if c.startswith("noise_accuracy_"))
+    cols = [c for c, _, _ in _CLASSIFIER_COLUMNS] + noisy + ["params_nonzero"]
+    df = df.assign(pr_measured=prune_ratio_axis(df, "measured"))
+    out = _per_round(df, [*cols, "pr_measured"])
+    return out.drop(columns=["pr_measured_std"]).rename(
+        columns={"pr_measured_mean": "prune_ratio_measured"}
+    )
+
+
+def write_classifier_table(summary_path, md, csv, tex) -> pd.DataFrame:
+    """Write the classifier table (§4.6) as Markdown, CSV and LaTeX."""
+    table = classifier_table(read_parquet(summary_path))
+    shown = table[["experiment", "method", "round", "seeds"]].copy()
+    shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
+    shown.insert(4, "measured PR", table["prune_ratio_measured"].map(lambda v: f"{100 * v:.1f}%"))
+    shown["#params"] = table["params_nonzero_mean"].map(lambda v: f"{v:,.0f}")
+    for c, label, fmt in _CLASSIFIER_COLUMNS:
+        shown[label] = _pm(table[f"{c}_mean"], table[f"{c}_std"], fmt)
+    for c in sorted(c for c in table.columns if c.startswith("noise_accuracy_")):
+        if c.endswith("_mean"):
+            sigma = c.removeprefix("noise_accuracy_").removesuffix("_mean")
+            shown[f"acc. σ={sigma}"] = _pm(table[c], table[c.replace("_mean", "_std")], "{:.3f}")
+    _write(
+        table,
+        shown,
+        "Neural-ODE classifiers per prune ratio (§4.6)",
+        "Test accuracy, test cross-entropy (nats), distance of the test points to the decision "
+        "boundary (bisection along the segment to the nearest grid point of another predicted "
+        "class; mean and 5th percentile) and accuracy under Gaussian input noise N(0, σ²I), "
+        "mean ± std over seeds; #params: nonzero parameters. `prune ratio` is nominal "
+        "(1 − keep), `measured PR` counts all parameters.",
         md,
         csv,
         tex,

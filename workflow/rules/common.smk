@@ -82,18 +82,15 @@ def records_of(name):
         files.append(f"{d}/round.json")
         for m in metrics:
             files += [
-                f for k, f in LAYOUT.metric_files(d, m).items() if k != "snapshot"
+                f for f in LAYOUT.metric_files(d, m).values() if f.endswith(".json")
             ]
     return files
 
 
 def metric_experiments(metric):
-    """The experiments whose checkpoints are evaluated for ``metric``."""
-    return {
-        "nll": list(EXPERIMENTS),
-        "samples": with_samples(),
-        "hessian": with_hessian(),
-    }[metric]
+    """The experiments whose checkpoints are evaluated for ``metric`` (it applies to their
+    model family and is enabled: Experiment.evaluates)."""
+    return [n for n, e in EXPERIMENTS.items() if e.evaluates(metric)]
 
 
 def experiment_records(w):
@@ -116,22 +113,25 @@ def all_experiment_summaries():
     return [LAYOUT.experiment_summary(name) for name in EXPERIMENTS]
 
 
-def all_datasets():
-    return sorted({e.dataset for e in EXPERIMENTS.values()})
+def flow_datasets():
+    """Data sets with a density study (an NLL table each)."""
+    return sorted({e.dataset for e in EXPERIMENTS.values() if e.family != "classifier"})
 
 
-def two_d_experiments():
-    return [n for n, e in EXPERIMENTS.items() if e.dataset in TOY_DATASETS]
+def classifiers():
+    return [n for n, e in EXPERIMENTS.items() if e.family == "classifier"]
 
 
 def with_samples():
-    return [
-        n for n in two_d_experiments() if EXPERIMENTS[n].evaluation.enabled("samples")
-    ]
+    return metric_experiments("samples")
 
 
 def with_hessian():
-    return [n for n, e in EXPERIMENTS.items() if e.evaluation.enabled("hessian")]
+    return metric_experiments("hessian")
+
+
+def with_robustness():
+    return metric_experiments("robustness")
 
 
 def with_good_samples():
@@ -141,7 +141,9 @@ def with_good_samples():
 
 
 def all_tables():
-    tables = [LAYOUT.table(f"nll_{d}") for d in all_datasets()]
+    tables = [LAYOUT.table(f"nll_{d}") for d in flow_datasets()]
+    if classifiers():
+        tables.append(LAYOUT.table("classifier"))
     if with_good_samples():
         tables.append(LAYOUT.table("good_samples"))
     if with_hessian():
@@ -150,7 +152,11 @@ def all_tables():
 
 
 def all_figures():
-    figures = [LAYOUT.figure("nll_vs_prune_ratio")]
+    figures = [LAYOUT.figure("nll_vs_prune_ratio")] if flow_datasets() else []
+    if classifiers():
+        figures.append(LAYOUT.figure("classifier_vs_prune_ratio"))
+    if with_robustness():
+        figures.append(LAYOUT.figure("decision_boundaries"))
     if with_samples():
         figures += [LAYOUT.figure("density_grid"), LAYOUT.figure("vector_field")]
     if with_good_samples():
@@ -171,6 +177,18 @@ def snapshots(w):
             if s == first
         ]
         files += [LAYOUT.metric_files(d, "samples")["snapshot"] for d in dirs]
+    return files
+
+
+def boundaries(w):
+    """Fig. 9 arrays of the first seed of every classifier evaluated for robustness."""
+    files = []
+    for name in with_robustness():
+        first = EXPERIMENTS[name].seeds[0]
+        for m, s, r in EXPERIMENTS[name].runs():
+            if s == first:
+                d = checkpoint_dir(name, m, s, r)
+                files.append(LAYOUT.metric_files(d, "robustness")["boundary"])
     return files
 
 
