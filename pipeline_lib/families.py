@@ -70,7 +70,6 @@ class ModelFamily:
     model_type: type
     supervised: bool
     metrics: tuple[str, ...]
-    objective: str
 
     def examples(self, data: DataSplits, split: str) -> torch.Tensor:
         """The rows of one split (``train``, ``val``, ``test``) the model is trained and
@@ -100,7 +99,6 @@ FAMILIES: dict[str, ModelFamily] = {
         model_type=ContinuousFlow,
         supervised=False,
         metrics=("nll", "samples", "hessian"),
-        objective="negative log-likelihood of the data",
     ),
     "classifier": ModelFamily(
         name="classifier",
@@ -109,7 +107,6 @@ FAMILIES: dict[str, ModelFamily] = {
         model_type=NODEClassifier,
         supervised=True,
         metrics=("nll", "robustness", "hessian"),
-        objective="cross-entropy (negative log-likelihood of the labels)",
     ),
 }
 """The model families by ``model.family``."""

@@ -302,7 +302,8 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "Ritz value, trace = sum of the positive Ritz values, κ = λ_max / smallest positive "
         "Ritz value; `rel.` = normalized to the unpruned flow of the same seed, then averaged "
         "over seeds (Table 5). Extra columns: λ_max by power iteration and tr H by Hutchinson. "
-        "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds. "
+        "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds; "
+        "for a classifier the NLL is its cross-entropy. "
         "`paper`: Tables S11–S12 (structured pruning) at the same nominal prune ratio, beside "
         "our structured rows.",
         md,
