@@ -138,11 +138,18 @@ def _load_arrays(paths, marker: str) -> dict[tuple[str, int, str, int], dict]:
     return out
 
 
-def _prune_ratios(df: pd.DataFrame) -> dict[tuple[str, int, str, int], float]:
+def _prune_ratios(
+    df: pd.DataFrame, kind: str | None = None
+) -> dict[tuple[str, int, str, int], float]:
+    """Prune ratio by (experiment, seed, method, round): of the prunable weights, or of
+    :func:`~pipeline_lib.reporting.summary.prune_ratio_axis` ``kind``."""
+    from pipeline_lib.reporting.summary import prune_ratio_axis
+
+    values = df["prune_ratio"] if kind is None else prune_ratio_axis(df, kind)
     ratios = {}
-    for row in df.itertuples():
+    for row, value in zip(df.itertuples(), values, strict=True):
         method = "dense" if row.round == 0 else row.method
-        ratios[(row.experiment, row.seed, method, row.round)] = row.prune_ratio
+        ratios[(row.experiment, row.seed, method, row.round)] = value
     return ratios
 
 
@@ -332,7 +339,8 @@ def plot_decision_boundaries(
     prune_ratios=(0.0, 0.84, 0.96),
 ):
     """Sparse Flows Fig. 9 for every classifier experiment and method (first seed): one row
-    per prune ratio of ``prune_ratios`` (the round whose measured ratio is nearest), with
+    per prune ratio of ``prune_ratios`` (the round whose nominal ratio 1 − keep is nearest;
+    the title gives the measured one over all parameters beside it), with
 
     1. the decision boundary: p(class 1 | x) over the plane, its 0.5 level, the test points;
     2. the state space: the vector field f(z) as arrows, its magnitude ‖f(z)‖ as colour;
@@ -343,7 +351,9 @@ def plot_decision_boundaries(
 
     style()
     arrays = _load_arrays(boundary_paths, "prob")
-    ratios = _prune_ratios(read_parquet(summary_path))
+    summary = read_parquet(summary_path)
+    ratios = _prune_ratios(summary, "nominal")  # the released schedule's, as Fig. 9 names them
+    measured = _prune_ratios(summary, "measured")
     rows = []
     for exp, seed, method in sorted({(e, s, m) for (e, s, m, r) in arrays if m != "dense"}):
         keys = [k for k in arrays if k[:3] == (exp, seed, method)]
@@ -368,7 +378,10 @@ def plot_decision_boundaries(
         gx, gy = a["grid_x"], a["grid_y"]
         extent = (gx[0], gx[-1], gy[0], gy[-1])
         pts, labels = a["points"], a["labels"].astype(int)
-        title = f"{key[0]}, {method}, PR {100 * ratios.get(key, 0.0):.0f}%"
+        title = (
+            f"{key[0]}, {method}, PR {100 * ratios.get(key, 0.0):.0f}% "
+            f"(measured {100 * measured.get(key, 0.0):.0f}%)"
+        )
         ax = ax_row[0]
         ax.imshow(a["prob"], origin="lower", extent=extent, cmap="RdBu_r", vmin=0, vmax=1,
                   aspect="auto", alpha=0.6)  # fmt: skip
