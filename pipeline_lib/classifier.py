@@ -196,6 +196,12 @@ class NODEClassifier(nn.Module):
                 f"({self.config.dim} inputs and the label), got {examples.shape[1]}"
             )
         x, labels = split_examples(examples)
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.config.dim:
+            raise ValueError(
+                f"class labels must lie in 0..{self.config.dim - 1} (the classifier has "
+                f"{self.config.dim} logits), got {int(labels.min())}..{int(labels.max())}; use "
+                "a data set with as many classes as input dimensions (moons, concentric)"
+            )
         nfe0 = self.nfe
         logits = self.logits(x, solver)
         log_prob = torch.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]

@@ -43,6 +43,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -52,11 +53,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS
+from pipeline_lib.data import TOY_DATASETS
+from pipeline_lib.data.toy import CLASSIFICATION_DATASETS
 from pipeline_lib.evaluation.hessian import HessianConfig
 from pipeline_lib.evaluation.robustness import RobustnessConfig
 from pipeline_lib.families import FAMILIES, family_of
-from pipeline_lib.flows import FlowConfig, SolverConfig
+from pipeline_lib.flows import SolverConfig
 from pipeline_lib.sparse_flow import PruneConfig
 from pipeline_lib.training import TrainConfig
 
@@ -232,11 +234,12 @@ class Experiment:
                 f"{family!r}; use one of {sorted(FAMILIES)}"
             )
         model = _family_settings(family, model, where)
-        if FAMILIES[family].supervised and e["dataset"] in _UNLABELLED:
+        if FAMILIES[family].supervised and e["dataset"] not in CLASSIFICATION_DATASETS:
             raise ValueError(
-                f"invalid configuration at '{where}.dataset': model family {family!r} needs "
-                f"class labels, and {e['dataset']!r} has none; use a labelled set (moons, "
-                "concentric) or model.family: ffjord"
+                f"invalid configuration at '{where}.dataset': model family {family!r} needs a "
+                f"two-class data set (its logits are the final state of the 2-D input), and "
+                f"{e['dataset']!r} is none; use one of {list(CLASSIFICATION_DATASETS)} or "
+                "model.family: ffjord"
             )
         solver = _section(f"{where}.solver", lambda: SolverConfig(**(e.get("solver") or {})))
         prune = dict(e.get("prune") or {})
@@ -356,15 +359,12 @@ class Experiment:
         _check_metric(metric)
         ev = self.spec.get("evaluation") or {}
         out: dict[str, Any] = {"evaluation": {k: ev.get(k) for k in _NLL_SETTINGS if k in ev}}
-        if metric != "nll" and (metric in ev or metric != "robustness"):
+        if metric != "nll" and metric in ev:
             out["evaluation"][metric] = copy.deepcopy(ev.get(metric) or {})
         if metric == "samples":
             out["dataset"] = self.dataset
         return out
 
-
-#: Data sets without class labels (a supervised family refuses them at start-up).
-_UNLABELLED = frozenset(TABULAR_DATASETS)
 
 #: Data sets whose flows are 2-D (good samples and density snapshots apply).
 _TWO_D = frozenset(TOY_DATASETS)
@@ -375,7 +375,7 @@ def _family_settings(family: str, model: dict[str, Any], where: str) -> dict[str
     those of the other families included; such a key must keep its default (the family
     ignores it), else the configuration names it."""
     fields = set(FAMILIES[family].config.__dataclass_fields__) - {"dim", "solver"}
-    defaults = {k: f.default for k, f in FlowConfig.__dataclass_fields__.items()}
+    defaults = _model_defaults()
     out = {}
     for key, value in model.items():
         if key in fields:
@@ -386,6 +386,15 @@ def _family_settings(family: str, model: dict[str, Any], where: str) -> dict[str
                 f"model family {family!r} (its keys: {', '.join(sorted(fields))}); remove it"
             )
     return out
+
+
+@functools.cache
+def _model_defaults() -> dict[str, Any]:
+    """The schema's default of every ``model`` key (the keys of all families)."""
+    import yaml
+
+    props = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]
+    return {k: v["default"] for k, v in props["model"]["properties"].items() if "default" in v}
 
 
 def _settings_hash(settings: Mapping[str, Any]) -> str:

@@ -62,13 +62,15 @@ class ModelFamily:
     """One kind of model: its configuration class (frozen, ``from_dict`` / ``to_dict``, a
     ``dim`` the data sets), its builder and the class of what it builds, whether its examples
     carry class labels, and the per-checkpoint metrics that apply to it (keys of
-    :data:`~pipeline_lib.layout.METRIC_FILES`)."""
+    :data:`~pipeline_lib.layout.METRIC_FILES`). ``density``: its NLL is a density's (−log p(x)),
+    shown in the NLL tables and figures; a classifier's cross-entropy has tables of its own."""
 
     name: str
     config: type
     build: Callable[[Any], nn.Module]
     model_type: type
     supervised: bool
+    density: bool
     metrics: tuple[str, ...]
 
     def examples(self, data: DataSplits, split: str) -> torch.Tensor:
@@ -85,8 +87,7 @@ class ModelFamily:
         if labels is None:
             raise ValueError(
                 f"model family {self.name!r} needs class labels, but data set {data.name!r} "
-                "has none; use a labelled set (moons, concentric, or a toy mixture) or "
-                "model.family: ffjord"
+                "has none; use a classification set (moons, concentric) or model.family: ffjord"
             )
         return labelled_examples(x, labels)
 
@@ -98,6 +99,7 @@ FAMILIES: dict[str, ModelFamily] = {
         build=build_flow,
         model_type=ContinuousFlow,
         supervised=False,
+        density=True,
         metrics=("nll", "samples", "hessian"),
     ),
     "classifier": ModelFamily(
@@ -106,6 +108,7 @@ FAMILIES: dict[str, ModelFamily] = {
         build=build_classifier,
         model_type=NODEClassifier,
         supervised=True,
+        density=False,
         metrics=("nll", "robustness", "hessian"),
     ),
 }

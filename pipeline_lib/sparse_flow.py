@@ -300,9 +300,10 @@ def run_sparse_flow(
 ) -> list[RoundResult]:
     """Algorithm 1 in one process: dense warm start, then prune / retrain rounds.
 
-    ``data`` has ``train``, ``val`` and ``test`` tensors (a
-    :class:`~pipeline_lib.data.DataSplits`) of the model's examples: the points for a flow,
-    the rows ``[x, y]`` for a classifier (:meth:`~pipeline_lib.families.ModelFamily.examples`). With ``workdir`` every round writes
+    ``data`` has ``train``, ``val`` and ``test`` tensors of the model's examples: a
+    :class:`~pipeline_lib.data.DataSplits` for a flow; for a classifier, an object holding
+    the rows ``[x, y]`` of each split
+    (:meth:`~pipeline_lib.families.ModelFamily.examples`). With ``workdir`` every round writes
     ``round{r:03d}.pt`` there, and a rerun resumes from what is already done.
     """
     total = len(prune_cfg.keep_ratios())

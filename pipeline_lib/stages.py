@@ -353,7 +353,11 @@ def _robustness(ev: EvaluationConfig, model, data: DataSplits, device, seed: int
         return model.predict(batch, ev.solver)
 
     result = {"enabled": True, **classifier_robustness(predict, x, labels, cfg, generator=gen)}
-    snapshot = classifier_snapshot(model, x, labels, cfg, generator=gen) if data.dim == 2 else None
+    snapshot = (
+        classifier_snapshot(model, x, labels, cfg, generator=gen, solver=ev.solver)
+        if data.dim == 2
+        else None
+    )
     result["seconds"] = time.perf_counter() - t0
     log.info(
         "robustness: boundary distance mean %.4f, 5th percentile %.4f; noisy accuracy %s (%.1f s)",

@@ -160,6 +160,8 @@ def test_a_supervised_family_needs_labels_and_refuses_the_rnode_terms():
     assert FAMILIES["ffjord"].examples(plain, "train") is plain.train
     with pytest.raises(ValueError, match="lambda_kinetic"):
         _classifier()(torch.zeros(3, 3, dtype=torch.float64), regularize=True)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1.*got 0\.\.2"):
+        _classifier()(torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]], dtype=torch.float64))
 
 
 def test_a_tiny_classifier_learns_the_moons_in_seconds():
@@ -182,13 +184,15 @@ def test_a_tiny_classifier_learns_the_moons_in_seconds():
 
 def test_hessian_of_the_cross_entropy_equals_an_independent_dense_hessian():
     """The Hessian operator, applied to a classifier, against torch.func's dense Hessian of
-    the cross-entropy of an RK4 integration written out here, at the same parameters."""
+    the cross-entropy of an RK4 integration written out here, at the same parameters. The
+    classifier trains with the adjoint (the released setting), which the operator must switch
+    off to differentiate twice."""
     from torch.func import functional_call, hessian
 
     from pipeline_lib.classifier import labelled_examples
     from pipeline_lib.evaluation.hessian import HessianOperator
 
-    solver = SolverConfig(method="rk4", step_size=0.25)
+    solver = SolverConfig(method="rk4", step_size=0.25, adjoint=True)
     model = _classifier(hidden=(3,), solver=solver)
     x = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     labels = (x[:, 0] > 0).long()

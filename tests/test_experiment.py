@@ -209,5 +209,6 @@ def test_a_classifier_experiment_is_a_model_family():
     bad = {**entry, "model": {**entry["model"], "layer_type": "concat"}}
     with pytest.raises(ValueError, match=r"'experiments\.m\.model\.layer_type'.*classifier"):
         load_experiments({"experiments": {"m": bad}})
-    with pytest.raises(ValueError, match=r"'experiments\.m\.dataset'.*class labels"):
-        load_experiments({"experiments": {"m": {**entry, "dataset": "power"}}})
+    for dataset in ("power", "gaussians"):  # no labels; six classes for two logits
+        with pytest.raises(ValueError, match=r"'experiments\.m\.dataset'.*two-class"):
+            load_experiments({"experiments": {"m": {**entry, "dataset": dataset}}})

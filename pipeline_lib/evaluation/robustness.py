@@ -224,6 +224,7 @@ def classifier_snapshot(
     labels: torch.Tensor,
     cfg: RobustnessConfig,
     generator: torch.Generator | None = None,
+    solver: Any = None,
 ) -> dict[str, np.ndarray]:
     """The arrays of one row of Fig. 9 for a 2-D neural-ODE classifier
     (:class:`~pipeline_lib.classifier.NODEClassifier`):
@@ -235,6 +236,9 @@ def classifier_snapshot(
     - ``times`` (S,), ``trajectories`` (S, M, 2) and ``trajectory_labels`` (M,): the states of
       M test points through depth t ∈ [0, T];
     - ``points`` (N, 2) and ``labels`` (N,): the test data.
+
+    ``solver`` (a :class:`~pipeline_lib.flows.SolverConfig`; None = the model's) integrates
+    the logits and trajectories, as for the robustness numbers beside them.
     """
     if x.shape[1] != 2:
         raise ValueError(f"the Fig. 9 snapshot needs 2-D inputs, got {x.shape[1]} dimensions")
@@ -245,12 +249,12 @@ def classifier_snapshot(
     gy = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), res, dtype=x.dtype)
     yy, xx = torch.meshgrid(gy, gx, indexing="ij")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).to(x.device)
-    prob = torch.softmax(model.logits(grid), dim=1)[:, 1].reshape(res, res)
+    prob = torch.softmax(model.logits(grid, solver), dim=1)[:, 1].reshape(res, res)
     t0 = torch.zeros((), device=x.device)
     field = model.field.net(t0, grid).reshape(res, res, 2)
     pick = torch.randperm(len(x), generator=generator)[: cfg.trajectories].to(x.device)
     times = torch.linspace(0.0, float(model.config.T), cfg.trajectory_steps)
-    states = model.trajectory(x[pick], times)
+    states = model.trajectory(x[pick], times, solver)
     return {
         "grid_x": gx.cpu().numpy(),
         "grid_y": gy.cpu().numpy(),

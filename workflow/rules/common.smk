@@ -15,6 +15,7 @@ from pipeline_lib.experiment import (  # noqa: E402
     check_yaml_keys,
     load_experiments,
 )
+from pipeline_lib.families import FAMILIES  # noqa: E402
 from pipeline_lib.layout import CHECKPOINT_PATH, Layout  # noqa: E402
 from pipeline_lib.manifest import register_study  # noqa: E402
 
@@ -115,11 +116,13 @@ def all_experiment_summaries():
 
 def flow_datasets():
     """Data sets with a density study (an NLL table each)."""
-    return sorted({e.dataset for e in EXPERIMENTS.values() if e.family != "classifier"})
+    return sorted(
+        {e.dataset for e in EXPERIMENTS.values() if FAMILIES[e.family].density}
+    )
 
 
 def classifiers():
-    return [n for n, e in EXPERIMENTS.items() if e.family == "classifier"]
+    return [n for n, e in EXPERIMENTS.items() if FAMILIES[e.family].supervised]
 
 
 def with_samples():
