@@ -336,21 +336,38 @@ class _NeuronLayer:
         return w.reshape(w.shape[0], -1).abs().sum(dim=1).cpu().double()
 
 
+def _unit(layer: nn.Module) -> nn.Module | None:
+    """The linear map of one layer of a vector field: its ``linear`` (``nn.Linear``) or its
+    ``conv`` (``nn.Conv2d``, the image flows' ``ConcatConv2d``)."""
+    for name, kind in (("linear", nn.Linear), ("conv", nn.Conv2d)):
+        module = getattr(layer, name, None)
+        if isinstance(module, kind):
+            return module
+    return None
+
+
+def _width(module: nn.Module, side: str) -> int:
+    """Input or output features / channels of a linear layer or convolution."""
+    if isinstance(module, nn.Linear):
+        return module.in_features if side == "in" else module.out_features
+    return module.in_channels if side == "in" else module.out_channels
+
+
 def _neuron_layers(model: nn.Module) -> list[_NeuronLayer]:
     """The prunable layers of ``model`` in forward order where it is known: the vector fields'
-    ``layers`` (each with a ``linear``, and concatsquash's time path) and ``nn.Sequential``
-    stacks of ``nn.Linear``; every other prunable layer stands alone (no column propagation)."""
+    ``layers`` (each with a ``linear`` or a ``conv``, and concatsquash's time path) and
+    ``nn.Sequential`` stacks of ``nn.Linear``; every other prunable layer stands alone (no
+    column propagation). A convolution's "neurons" are its output filters, and the columns it
+    feeds are the next convolution's input channels."""
     out: list[_NeuronLayer] = []
     seen: set[int] = set()
     prunable = {id(m) for _, m in prunable_layers(model)}
     for module in model.modules():
         layers = getattr(module, "layers", None)
-        if isinstance(layers, nn.ModuleList) and all(
-            isinstance(getattr(layer, "linear", None), nn.Linear) for layer in layers
-        ):
+        if isinstance(layers, nn.ModuleList) and all(_unit(layer) is not None for layer in layers):
             chain = [
                 (
-                    layer.linear,
+                    _unit(layer),
                     tuple(
                         m
                         for m in (
@@ -374,7 +391,7 @@ def _neuron_layers(model: nn.Module) -> list[_NeuronLayer]:
             layer = _NeuronLayer(linear, bool(getattr(linear, "is_output_layer", False)), time)
             if previous is not None:
                 previous.feeds = layer
-                layer.offset = linear.in_features - previous.module.out_features
+                layer.offset = _width(linear, "in") - _width(previous.module, "out")
             out.append(layer)
             seen.add(id(linear))
             previous = layer
