@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.data import TOY_DATASETS
+from pipeline_lib.data import IMAGE_DATASETS, TOY_DATASETS
 from pipeline_lib.data.toy import CLASSIFICATION_DATASETS
 from pipeline_lib.evaluation.hessian import HessianConfig
 from pipeline_lib.evaluation.robustness import RobustnessConfig
@@ -103,16 +103,20 @@ _NLL_SETTINGS = ("trace", "solver", "batch_size")
 @dataclass(frozen=True)
 class DataConfig:
     """Toy data generator settings (ignored for tabular data); ``None`` keeps the dataset's
-    own value (:func:`~pipeline_lib.data.toy.generate_toy`)."""
+    own value (:func:`~pipeline_lib.data.toy.generate_toy`). ``subset``: image data sets
+    only, the first n images of each split (:func:`~pipeline_lib.data.images.prepare_images`)."""
 
     seed: int = 0
     n_per_mode: int | None = None
     n_samples: int | None = None
     noise: float | None = None
+    subset: int | None = None
 
     def generator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~pipeline_lib.data.toy.generate_toy` (seed apart)."""
-        return {k: v for k, v in asdict(self).items() if k != "seed" and v is not None}
+        return {
+            k: v for k, v in asdict(self).items() if k not in ("seed", "subset") and v is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,25 @@ class Experiment:
                 f"{family!r}; use one of {sorted(FAMILIES)}"
             )
         model = _family_settings(family, model, where)
+        if (family == "multiscale") != (e["dataset"] in IMAGE_DATASETS):
+            raise ValueError(
+                f"invalid configuration at '{where}.model.family': image data sets "
+                f"({', '.join(IMAGE_DATASETS)}) need model.family: multiscale, and the "
+                f"multiscale flow needs one of them; got family {family!r} on "
+                f"{e['dataset']!r}"
+            )
+        if family == "multiscale":  # FFJORD flips CIFAR-10's training images
+            model["hflip"] = e["dataset"] == "cifar10"
+        data = e.get("data") or {}
+        image = e["dataset"] in IMAGE_DATASETS
+        toy_keys = [k for k in ("n_per_mode", "n_samples", "noise") if data.get(k) is not None]
+        if (data.get("subset") is not None and not image) or (image and toy_keys):
+            key = "subset" if not image else toy_keys[0]
+            raise ValueError(
+                f"invalid configuration at '{where}.data.{key}': it does not apply to data set "
+                f"{e['dataset']!r} (data.subset is for image sets, the other data keys for toy "
+                "sets); remove it"
+            )
         if FAMILIES[family].supervised and e["dataset"] not in CLASSIFICATION_DATASETS:
             raise ValueError(
                 f"invalid configuration at '{where}.dataset': model family {family!r} needs a "
@@ -282,8 +305,8 @@ class Experiment:
         _check_metric(metric)
         if metric not in family_of(self.model).metrics:
             return False
-        if metric == "samples" and self.dataset not in _TWO_D:
-            return False
+        if metric == "samples" and self.family == "ffjord" and self.dataset not in _TWO_D:
+            return False  # good samples and density snapshots: 2-D flows
         return self.evaluation.enabled(metric)
 
     @property

@@ -2,24 +2,25 @@
 
 Every family trains by maximum likelihood through the same loop
 (:func:`~pipeline_lib.training.train`), is pruned by the same rules
-(:mod:`pipeline_lib.pruning`: its ``nn.Linear`` layers) and is evaluated by
+(:mod:`pipeline_lib.pruning`: its ``nn.Linear`` layers and convolutions) and is evaluated by
 :func:`~pipeline_lib.evaluation.nll.evaluate_nll`, because every model, called on a batch of
 its *examples*, returns a :class:`~pipeline_lib.flows.FlowOutput` whose ``log_prob`` is the
 log-likelihood of each example:
 
-============  ============================================  =================  ============
-family        model (config → builder)                      examples           "NLL"
-============  ============================================  =================  ============
-``ffjord``    FFJORD flow (§4.1–4.2): :class:`FlowConfig`    points ``x``        −log p(x)
-              → :func:`~pipeline_lib.flows.build_flow`
-``classifier``  neural-ODE classifier (§4.6):                rows ``[x, y]``     −log p(y|x),
-              :class:`ClassifierConfig` →                                       the cross-
-              :func:`~pipeline_lib.classifier.build_classifier`                 entropy
-============  ============================================  =================  ============
+- ``ffjord``: FFJORD flows over vectors (§4.1–4.2), :class:`FlowConfig` →
+  :func:`~pipeline_lib.flows.build_flow`; examples are the points x; "NLL" is −log p(x).
+- ``classifier``: the neural-ODE classifier (§4.6), :class:`ClassifierConfig` →
+  :func:`~pipeline_lib.classifier.build_classifier`; examples are rows ``[x, y]``; "NLL" is
+  −log p(y | x), the cross-entropy.
+- ``multiscale``: FFJORD's multiscale image flow (§4.3),
+  :class:`~pipeline_lib.flows.multiscale.MultiscaleConfig` →
+  :func:`~pipeline_lib.flows.multiscale.build_multiscale`; examples are uint8 images
+  ``(C, H, W)``, dequantized in the model; "NLL" is −log P of the 8-bit image (its
+  bits/dim is :func:`~pipeline_lib.flows.bits_per_dim` of it).
 
 A family also names the per-checkpoint metrics that apply to it (:attr:`ModelFamily.metrics`):
-good samples and density snapshots for flows, the decision-boundary robustness for
-classifiers, the test NLL and the Hessian for both.
+good samples and density snapshots for 2-D flows, sample grids for image flows, the
+decision-boundary robustness for classifiers, the test NLL and the Hessian for all.
 
 Example::
 
@@ -44,8 +45,9 @@ from pipeline_lib.classifier import (
     build_classifier,
     labelled_examples,
 )
-from pipeline_lib.data import DataSplits
+from pipeline_lib.data import DataSplits, ImageSplits
 from pipeline_lib.flows import ContinuousFlow, FlowConfig, build_flow
+from pipeline_lib.flows.multiscale import MultiscaleConfig, MultiscaleFlow, build_multiscale
 
 __all__ = [
     "FAMILIES",
@@ -73,14 +75,14 @@ class ModelFamily:
     density: bool
     metrics: tuple[str, ...]
 
-    def examples(self, data: DataSplits, split: str) -> torch.Tensor:
+    def examples(self, data: DataSplits | ImageSplits, split: str) -> torch.Tensor:
         """The rows of one split (``train``, ``val``, ``test``) the model is trained and
         evaluated on: the points themselves, or ``[x, y]`` for a supervised family.
 
         Raises:
             ValueError: a supervised family on a data set without class labels, naming it.
         """
-        x = getattr(data, split)
+        x = torch.as_tensor(getattr(data, split))  # image splits hold uint8 numpy arrays
         if not self.supervised:
             return x
         labels = getattr(data, f"{split}_labels")
@@ -89,7 +91,7 @@ class ModelFamily:
                 f"model family {self.name!r} needs class labels, but data set {data.name!r} "
                 "has none; use a classification set (moons, concentric) or model.family: ffjord"
             )
-        return labelled_examples(x, labels)
+        return labelled_examples(x, torch.as_tensor(labels))
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -110,6 +112,15 @@ FAMILIES: dict[str, ModelFamily] = {
         supervised=True,
         density=False,
         metrics=("nll", "robustness", "hessian"),
+    ),
+    "multiscale": ModelFamily(
+        name="multiscale",
+        config=MultiscaleConfig,
+        build=build_multiscale,
+        model_type=MultiscaleFlow,
+        supervised=False,
+        density=True,
+        metrics=("nll", "samples", "hessian"),
     ),
 }
 """The model families by ``model.family``."""

@@ -78,6 +78,7 @@ __all__ = [
     "keep_schedule",
     "keep_schedule_to_target",
     "mask_gradients",
+    "paper_images_keep_schedule",
     "paper_toy_keep_schedule",
     "prunable_density",
     "prunable_layers",
@@ -649,6 +650,12 @@ def paper_toy_keep_schedule() -> list[float]:
     geometric = np.geomspace(0.8, 0.2, num=20)
     linear = np.linspace(0.18, 0.02, num=9)
     return [float(k) for k in np.concatenate([geometric, linear])]
+
+
+def paper_images_keep_schedule() -> list[float]:
+    """Overall keep ratios of the released image-experiment configurations (12 rounds):
+    geometric from 0.8 down to 0.05 (``paper/node/param/cnf/mnist_multiscale.yaml``)."""
+    return [float(k) for k in np.geomspace(0.8, 0.05, num=12)]
 
 
 def keep_schedule_to_target(prune_ratio_per_round: float, target_prune_ratio: float) -> list[float]:

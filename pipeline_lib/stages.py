@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from pipeline_lib.data import DataSplits
+from pipeline_lib.data import DataSplits, load_splits
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.experiment import METRICS, DataConfig, EvaluationConfig, Experiment
 from pipeline_lib.families import (
@@ -156,7 +156,7 @@ def train_round(
         write_json(out_record, record.to_dict(), signed=True)
         return record
 
-    data = DataSplits.load(data_dir)
+    data = load_splits(data_dir)
     family = FAMILIES[exp.family]
     device = torch.device(device)
     if prev_model is not None:
@@ -272,15 +272,39 @@ def _test_nll(ev: EvaluationConfig, model, data: DataSplits, device, seed: int):
     return result
 
 
+#: Images in the sample grid of an image flow's checkpoint (10 × 10).
+IMAGE_GRID = 100
+
+
+def _image_samples(ev: EvaluationConfig, model, device, seed: int):
+    """A grid of samples of an image flow from fixed latent noise (the same for every round of
+    a seed, so that the rounds are comparable): uint8 images ``(IMAGE_GRID, C, H, W)``."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        images = model.sample(
+            IMAGE_GRID, solver=ev.solver, generator=torch.Generator().manual_seed(seed)
+        )
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    result = {"enabled": True, "n_images": IMAGE_GRID, "seconds": time.perf_counter() - t0}
+    log.info("sample grid: %d images, %.1f s", IMAGE_GRID, result["seconds"])
+    return result, {"images": pixels, "available": np.array(True)}
+
+
 def _samples(ev: EvaluationConfig, model, data: DataSplits, device, seed: int, dataset: str):
     """Good-quality samples (§4.4, Table 4) where the data has Gaussian modes, and the density /
-    vector-field snapshot of Figs. 5–6, for 2-D toy flows."""
+    vector-field snapshot of Figs. 5–6, for 2-D toy flows; a sample grid for image flows."""
     from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS
     from pipeline_lib.evaluation.density import flow_snapshot
     from pipeline_lib.evaluation.modes import evaluate_modes
 
     cfg = ev.samples
-    if not cfg.enabled or data.dim != 2 or "samples" not in family_of_model(model).metrics:
+    if not cfg.enabled or "samples" not in family_of_model(model).metrics:
+        return {"enabled": False}, None
+    if family_of_model(model).name == "multiscale":
+        return _image_samples(ev, model, device, seed)
+    if data.dim != 2:
         return {"enabled": False}, None
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     t0 = time.perf_counter()
@@ -402,7 +426,7 @@ def evaluate_metric(
     if record.get("skipped"):
         result: dict = {"skipped": True}
     else:
-        data = DataSplits.load(data_dir)
+        data = load_splits(data_dir)
         model = load_model(model_path, device, record["model_digest"])
         if metric == "samples":
             result, arrays = _samples(evaluation, model, data, device, seed, dataset)

@@ -78,8 +78,8 @@ def test_cifar_batch_layout_and_refusals(tmp_path):
 
 
 @pytest.fixture
-def mnist_files(monkeypatch):
-    """Four synthetic MNIST files, and MNIST_FILES pointing at their checksums."""
+def mnist_files():
+    """Four synthetic MNIST files, served by name, and their checksums."""
     train = RNG.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
     test = RNG.integers(0, 256, size=(8, 28, 28), dtype=np.uint8)
     content = {
@@ -88,17 +88,25 @@ def mnist_files(monkeypatch):
         "test_images": idx_bytes(test),
         "test_labels": idx_bytes(np.arange(8) % 10),
     }
-    files = {role: (name, md5(content[role])) for role, (name, _) in images.MNIST_FILES.items()}
-    monkeypatch.setattr(images, "MNIST_FILES", files)
-    served = {files[role][0]: data for role, data in content.items()}
+    names = {role: name for role, (name, _) in images.MNIST_FILES.items()}
+    served = {names[role]: data for role, data in content.items()}
     return served, train, test
+
+
+def sums(served: dict[str, bytes]) -> dict[str, str]:
+    return {name: md5(data) for name, data in served.items()}
 
 
 def test_prepare_mnist_over_http(tmp_path, mnist_files):
     served, train, test = mnist_files
     with FileServer(served) as server:
         splits = prepare_images(
-            "mnist", tmp_path / "raw", tmp_path / "mnist", url=server.base_url, val_size=10
+            "mnist",
+            tmp_path / "raw",
+            tmp_path / "mnist",
+            url=server.base_url,
+            val_size=10,
+            md5=sums(served),
         )
     assert splits.image_shape == (1, 28, 28) and splits.sizes == {"train": 20, "val": 10, "test": 8}
     np.testing.assert_array_equal(splits.train[:, 0], train[:20])
@@ -114,35 +122,47 @@ def test_prepare_mnist_over_http(tmp_path, mnist_files):
         url=closed_port_url(""),
         val_size=10,
         subset=4,
+        md5=sums(served),
     )
     assert small.sizes == {"train": 4, "val": 4, "test": 4}
 
 
 def test_a_wrong_checksum_is_refused_and_leaves_nothing(tmp_path, mnist_files):
     served, _, _ = mnist_files
+    expected = sums(served)
     name = images.MNIST_FILES["test_labels"][0]
     served = {**served, name: idx_bytes(np.zeros(8, dtype=np.uint8))}  # other content
     with FileServer(served) as server, pytest.raises(DownloadError, match="(?i)md5"):
-        prepare_images("mnist", tmp_path / "raw", tmp_path / "mnist", url=server.base_url)
+        prepare_images(
+            "mnist", tmp_path / "raw", tmp_path / "mnist", url=server.base_url, md5=expected
+        )
     assert not (tmp_path / "mnist").exists()
     assert not list((tmp_path / "raw").glob("*.part")) and not (tmp_path / "raw" / name).exists()
+    # without overrides the reference checksums apply, which synthetic files fail
+    with FileServer(served) as server, pytest.raises(DownloadError, match="(?i)md5"):
+        prepare_images("mnist", tmp_path / "raw2", tmp_path / "mnist", url=server.base_url)
 
 
-def test_a_bad_file_behind_a_good_checksum_is_refused(tmp_path, monkeypatch, mnist_files):
+def test_a_bad_file_behind_a_good_checksum_is_refused(tmp_path, mnist_files):
     """A file that matches its checksum but does not parse (a truncated IDX) stops the
     preparation with an error naming it, and no prepared directory appears."""
     served, _, _ = mnist_files
     role = "train_images"
     name = images.MNIST_FILES[role][0]
-    bad = gzip.compress(gzip.decompress(served[name])[:-50])
-    monkeypatch.setitem(images.MNIST_FILES, role, (name, md5(bad)))
-    with FileServer({**served, name: bad}) as server:
+    served = {**served, name: gzip.compress(gzip.decompress(served[name])[:-50])}
+    with FileServer(served) as server:
         with pytest.raises(ImageFormatError, match=f"{name}.*truncated"):
-            prepare_images("mnist", tmp_path / "raw", tmp_path / "mnist", url=server.base_url)
+            prepare_images(
+                "mnist",
+                tmp_path / "raw",
+                tmp_path / "mnist",
+                url=server.base_url,
+                md5=sums(served),
+            )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
-def test_prepare_cifar10_from_the_binary_archive(tmp_path, monkeypatch):
+def test_prepare_cifar10_from_the_binary_archive(tmp_path):
     batches, pics, labels = {}, [], []
     for name in (*images._CIFAR_TRAIN, *images._CIFAR_TEST):
         p = RNG.integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
@@ -151,9 +171,6 @@ def test_prepare_cifar10_from_the_binary_archive(tmp_path, monkeypatch):
         pics.append(p)
         labels.append(y)
     archive = tar_bytes(batches)
-    monkeypatch.setattr(
-        images, "CIFAR10_ARCHIVE", images._Archive("unused", md5(archive), len(archive))
-    )
     with FileServer({"cifar-10-binary.tar.gz": archive}) as server:
         splits = prepare_images(
             "cifar10",
@@ -161,6 +178,7 @@ def test_prepare_cifar10_from_the_binary_archive(tmp_path, monkeypatch):
             tmp_path / "cifar",
             url=server.url("cifar-10-binary.tar.gz"),
             val_size=6,
+            md5={"cifar-10-binary.tar.gz": md5(archive), "size": len(archive)},
         )
     assert splits.sizes == {"train": 14, "val": 6, "test": 4}
     np.testing.assert_array_equal(splits.train, np.concatenate(pics[:5])[:14])

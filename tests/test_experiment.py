@@ -41,12 +41,18 @@ RUNTIME_ONLY = {
     "HessianConfig": {"seed", "noise_seed", "solver", "reuse_graph", "params"},
     "PruneConfig": {"method"},
     "ClassifierConfig": {"dim", "solver"},
+    # alpha is the released logit transform's; hflip follows the data set (CIFAR-10)
+    "MultiscaleConfig": {"dim", "solver", "alpha", "hflip"},
 }
+#: Keys the schema fills no default for (so that the settings hash of an experiment that leaves
+#: them out does not depend on them); their dataclass default is None.
+UNFILLED = {"DataConfig": {"subset"}}
 SCHEMA_ONLY = {
     "FlowConfig": {"family"},
     "PruneConfig": {"methods"},
     # the model section holds the keys of every family (each keeps the others' defaults)
     "ClassifierConfig": {"family", "num_blocks", "layer_type", "train_T", "trace", "noise"},
+    "MultiscaleConfig": {"family", "layer_type"},
 }
 
 
@@ -72,6 +78,7 @@ def test_every_schema_default_is_the_dataclass_default():
         SamplesConfig,
     )
     from pipeline_lib.flows import FlowConfig, SolverConfig
+    from pipeline_lib.flows.multiscale import MultiscaleConfig
     from pipeline_lib.sparse_flow import PruneConfig
     from pipeline_lib.training import TrainConfig
 
@@ -88,6 +95,7 @@ def test_every_schema_default_is_the_dataclass_default():
         HessianConfig: evaluation["hessian"]["properties"],
         RobustnessConfig: evaluation["robustness"]["properties"],
         ClassifierConfig: props["model"]["properties"],
+        MultiscaleConfig: props["model"]["properties"],
         PruneConfig: props["prune"]["properties"],
     }
     for cls, entries in sections.items():
@@ -101,6 +109,9 @@ def test_every_schema_default_is_the_dataclass_default():
             if dataclasses.is_dataclass(default):  # a nested section: compared on its own
                 # filled in as {} (or, as robustness, left out so existing hashes hold)
                 assert entries[key].get("default", {}) == {}, f"{name}.{key}"
+                continue
+            if "default" not in entries[key]:
+                assert key in UNFILLED.get(name, set()) and default is None, f"{name}.{key}"
                 continue
             assert entries[key]["default"] == _plain(default), f"{name}.{key}"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline_lib.flows import SolverConfig, bits_per_dim
-from pipeline_lib.flows.multiscale import MultiscaleConfig, build_multiscale
+from pipeline_lib.flows.multiscale import RELEASED, MultiscaleConfig, build_multiscale
 from pipeline_lib.pruning import count_parameters, prunable_layers
 
 TIGHT = SolverConfig(method="dopri5", rtol=1e-8, atol=1e-8)
@@ -25,11 +25,11 @@ def _ffjord_count(channels_per_block: list[int], hidden=(64, 64, 64)) -> int:
 
 
 def test_released_models_have_the_published_parameter_counts():
-    mnist = build_multiscale(MultiscaleConfig(image_shape=(1, 28, 28)))
+    mnist = build_multiscale(MultiscaleConfig(dim=(1, 28, 28), **RELEASED))
     # 3 scales: 2 blocks on 1×28², squeeze, 2 on 4×14²; 2 on 2×14², squeeze, 2 on 8×7²; 2 on 4×7²
     assert mnist.n_scales == 3
     assert count_parameters(mnist)[0] == _ffjord_count([1, 1, 4, 4, 2, 2, 8, 8, 4, 4]) == 800_646
-    cifar = build_multiscale(MultiscaleConfig(image_shape=(3, 32, 32)))
+    cifar = build_multiscale(MultiscaleConfig(dim=(3, 32, 32), **RELEASED))
     blocks = [3, 3, 12, 12, 6, 6, 24, 24, 12, 12, 48, 48, 24, 24]
     assert cifar.n_scales == 4 and count_parameters(cifar)[0] == _ffjord_count(blocks) == 1_358_882
     # Table 3 / S9-S10: 801K and 1.36M
@@ -43,7 +43,7 @@ def test_released_models_have_the_published_parameter_counts():
 def small(train_T=False, solver=TIGHT, trace="exact"):
     torch.manual_seed(0)
     cfg = MultiscaleConfig(
-        image_shape=(1, 8, 8), hidden_dims=(4,), num_blocks=1, train_T=train_T, trace=trace,
+        dim=(1, 8, 8), hidden_dims=(4,), num_blocks=1, train_T=train_T, trace=trace,
         solver=solver,
     )  # fmt: skip
     flow = build_multiscale(cfg).double()
@@ -73,7 +73,7 @@ def test_log_probability_is_the_change_of_variables_of_the_whole_map():
     forward map's output plus the log-determinant of its Jacobian, by autograd on a 4×4
     image (16 dimensions), minus 16·log 256 for the 8-bit quantization."""
     torch.manual_seed(0)
-    cfg = MultiscaleConfig(image_shape=(1, 4, 4), hidden_dims=(3,), num_blocks=1,
+    cfg = MultiscaleConfig(dim=(1, 4, 4), hidden_dims=(3,), num_blocks=1,
                            train_T=False, trace="exact", solver=TIGHT)  # fmt: skip
     flow = build_multiscale(cfg).double()
     with torch.no_grad():
@@ -107,15 +107,11 @@ def test_uint8_images_are_dequantized_with_the_given_generator():
 
 
 def test_configuration_round_trip_and_checks():
-    cfg = MultiscaleConfig(image_shape=(3, 32, 32), hflip=True)
+    cfg = MultiscaleConfig(dim=(3, 32, 32), hflip=True)
     assert MultiscaleConfig.from_dict(cfg.to_dict()) == cfg
-    assert (
-        MultiscaleConfig.from_dict({**cfg.to_dict(), "image_shape": None, "dim": [3, 32, 32]})
-        == cfg
-    )
     with pytest.raises(ValueError, match="too small"):
-        build_multiscale(MultiscaleConfig(image_shape=(1, 2, 2)))
-    with pytest.raises(ValueError, match="image_shape is not set"):
+        build_multiscale(MultiscaleConfig(dim=(1, 2, 2)))
+    with pytest.raises(ValueError, match="dim is not set"):
         build_multiscale(MultiscaleConfig())
 
 

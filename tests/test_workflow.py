@@ -93,6 +93,8 @@ def dry_run(configfile: Path, tmp_path: Path) -> dict[str, int]:
         ("config/paper/gaussians_l4h64.yaml", 1, 1, None),
         ("config/paper/spirals.yaml", 2, 1, None),
         ("config/paper/gaussians_concatsquash.yaml", 1, 1, None),
+        ("config/paper/images.yaml", 3, 1, None),
+        ("config/paper/images_smoke.yaml", 1, 1, None),
     ],
 )
 def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
@@ -112,6 +114,8 @@ def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
             n_combos *= len(values)
         if p.get("schedule") == "paper_toy":
             r = 29
+        elif p.get("schedule") == "paper_images":
+            r = 12
         elif p.get("target_prune_ratio"):
             r, keep = 0, 1.0
             while 1 - keep < p["target_prune_ratio"] - 1e-12:
@@ -136,24 +140,23 @@ def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
     assert counts["evaluate_nll"] == datasets * seeds + total_rounds == checkpoints["nll"]
     for metric in ("samples", "hessian", "robustness"):
         assert counts.get(f"evaluate_{metric}", 0) == checkpoints[metric]
-    flows = {e["dataset"] for e in exps.values() if (e.get("model") or {}).get("family") is None}
+    flows = {
+        e["dataset"]
+        for e in exps.values()
+        if (e.get("model") or {}).get("family") in (None, "multiscale")
+    }
     assert counts["summary"] == 1 and counts.get("nll_figure", 0) == min(1, len(flows))
     assert counts.get("nll_table", 0) == len(flows)
     with_classifier = int(checkpoints["robustness"] > 0)
     assert counts.get("classifier_table", 0) == with_classifier
     assert counts.get("decision_boundaries", 0) == with_classifier
+    images = {e["dataset"] for e in exps.values() if e["dataset"] in ("mnist", "cifar10")}
+    assert counts.get("image_data", 0) == len(images)
+    assert counts.get("sample_grids", 0) == min(1, len(images))
     if "tabular" in name:
         assert counts["download_maf"] == 1 and counts["tabular_data"] == 5
         # rounds to the last published row of Tables S4-S8 (POWER, GAS, HEPMASS, MINIBOONE, BSDS300)
         assert total_rounds == 3 * 2 * (8 + 8 + 12 + 18 + 8)
-
-
-def test_images_config_plans_nothing_yet(tmp_path):
-    res = snakemake(
-        ["-n", "--cores", "1", "--configfile", str(REPO / "config/paper/images.yaml")], tmp_path
-    )
-    assert res.returncode == 0, res.stderr
-    assert "prune_round" not in res.stdout
 
 
 @pytest.mark.parametrize(

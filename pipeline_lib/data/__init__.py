@@ -44,6 +44,7 @@ from pipeline_lib.data.toy import TOY_DATASETS, generate_toy, toy_modes
 
 __all__ = [
     "ALL_DATASETS",
+    "load_splits",
     "ArchiveError",
     "DataSplits",
     "DownloadError",
@@ -81,6 +82,17 @@ _TABULAR_OPTIONS = frozenset(
         "timeout",
     }
 )
+
+
+def load_splits(directory: str | Path) -> DataSplits | ImageSplits:
+    """A prepared data directory: :class:`ImageSplits` where its ``meta.json`` says so, else
+    :class:`DataSplits`."""
+    import json
+
+    meta = Path(directory) / "meta.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("format") == ImageSplits.FORMAT:
+        return ImageSplits.load(directory)
+    return DataSplits.load(directory)
 
 
 def _check_options(name: str, kwargs: dict[str, Any], allowed: frozenset[str]) -> None:

@@ -160,6 +160,8 @@ class ImageSplits:
     """Train / validation / test images of one data set: uint8 ``(N, C, H, W)`` arrays and
     int64 labels."""
 
+    FORMAT = _FORMAT
+
     name: str
     train: np.ndarray
     val: np.ndarray
@@ -187,6 +189,11 @@ class ImageSplits:
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)``."""
         return tuple(int(s) for s in self.train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def dim(self) -> tuple[int, int, int]:
+        """The shape of one example, as :attr:`DataSplits.dim` is a vector's length."""
+        return self.image_shape
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -265,10 +272,15 @@ def _split(
     )
 
 
-def _mnist(raw_dir: Path, url: str, mirror, val_size: int, subset: int | None) -> ImageSplits:
+def _mnist(
+    raw_dir: Path, url: str, mirror, val_size: int, subset: int | None, md5: dict | None
+) -> ImageSplits:
     arrays = {}
-    for role, (filename, md5) in MNIST_FILES.items():
-        path = fetch(url.rstrip("/") + "/" + filename, raw_dir / filename, md5=md5, mirror=mirror)
+    for role, (filename, reference) in MNIST_FILES.items():
+        expected = (md5 or {}).get(filename, reference)
+        path = fetch(
+            url.rstrip("/") + "/" + filename, raw_dir / filename, md5=expected, mirror=mirror
+        )
         arrays[role] = read_idx(path)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -282,12 +294,15 @@ def _mnist(raw_dir: Path, url: str, mirror, val_size: int, subset: int | None) -
     return _split("mnist", train, test, val_size, subset)
 
 
-def _cifar10(raw_dir: Path, url: str, mirror, val_size: int, subset: int | None) -> ImageSplits:
+def _cifar10(
+    raw_dir: Path, url: str, mirror, val_size: int, subset: int | None, md5: dict | None
+) -> ImageSplits:
+    md5 = md5 or {}
     archive = fetch(
         url,
         raw_dir / "cifar-10-binary.tar.gz",
-        md5=CIFAR10_ARCHIVE.md5,
-        size=CIFAR10_ARCHIVE.size,
+        md5=md5.get("cifar-10-binary.tar.gz", CIFAR10_ARCHIVE.md5),
+        size=md5.get("size", CIFAR10_ARCHIVE.size),
         mirror=mirror,
     )
     with tempfile.TemporaryDirectory(dir=raw_dir) as tmp:
@@ -314,6 +329,7 @@ def prepare_images(
     mirror: str | Path | None = None,
     val_size: int | None = None,
     subset: int | None = None,
+    md5: dict[str, str] | None = None,
 ) -> ImageSplits:
     """Download (or copy from ``mirror``), verify, parse and store MNIST or CIFAR-10.
 
@@ -323,10 +339,12 @@ def prepare_images(
         out_dir: the prepared :class:`ImageSplits` (written to a temporary directory beside
             it and renamed into place, so it is complete or absent).
         url: the MNIST base URL or the CIFAR-10 archive URL (default: the reference ones).
-            Every file is checked against the reference MD5 (and size) wherever it came from.
         mirror: a local directory or base URL tried first (``fetch``).
         val_size: training images held out for validation (default :data:`VAL_SIZE`).
         subset: keep the first ``subset`` images of each split.
+        md5: expected MD5 by file name, for files other than the reference ones (and, for
+            CIFAR-10, ``"size"``: the archive's size); by default :data:`MNIST_FILES` and
+            :data:`CIFAR10_ARCHIVE`. Every download is checked.
 
     Raises:
         ValueError: an unknown name or bad sizes. ImageFormatError: a file that does not
@@ -340,7 +358,7 @@ def prepare_images(
     raw_dir.mkdir(parents=True, exist_ok=True)
     build = {"mnist": _mnist, "cifar10": _cifar10}[name]
     default_url = MNIST_URL if name == "mnist" else CIFAR10_ARCHIVE.url
-    splits = build(raw_dir, url or default_url, mirror, val_size or VAL_SIZE[name], subset)
+    splits = build(raw_dir, url or default_url, mirror, val_size or VAL_SIZE[name], subset, md5)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

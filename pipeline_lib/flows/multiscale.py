@@ -29,7 +29,7 @@ already dequantized.
 
 Example::
 
-    flow = build_multiscale(MultiscaleConfig(image_shape=(1, 28, 28)))
+    flow = build_multiscale(MultiscaleConfig(dim=(1, 28, 28), **RELEASED))
     out = flow(images_uint8)            # FlowOutput; -out.log_prob.mean() is the NLL in nats
     bits = bits_per_dim(-out.log_prob.mean(), 784)
     samples = flow.sample(16)           # uint8-range floats in [0, 1]
@@ -55,31 +55,52 @@ from pipeline_lib.flows.images import (
 )
 from pipeline_lib.flows.odenet import ACTIVATIONS
 
-__all__ = ["ConcatConv2d", "ConvODENet", "MultiscaleConfig", "MultiscaleFlow", "build_multiscale"]
+__all__ = [
+    "RELEASED",
+    "ConcatConv2d",
+    "ConvODENet",
+    "MultiscaleConfig",
+    "MultiscaleFlow",
+    "build_multiscale",
+]
+
+
+#: The released architecture (``ffjord_multiscale_{mnist,cifar}``): ``MultiscaleConfig(dim=…,
+#: **RELEASED)``. The dataclass defaults are the workflow's shared ``model`` defaults instead.
+RELEASED: dict = {
+    "hidden_dims": (64, 64, 64),
+    "num_blocks": 2,
+    "activation": "softplus",
+    "train_T": True,
+}
 
 
 @dataclass(frozen=True)
 class MultiscaleConfig:
-    """Architecture of the multiscale image flow (released: the defaults below).
+    """Architecture of the multiscale image flow. The defaults of the keys it shares with the
+    other families are the workflow's (``model.*`` in ``config/README.md``); the released
+    model is :data:`RELEASED` (dims 64,64,64, two blocks per scale, softplus, learned T).
 
     Arguments:
-        image_shape: ``(C, H, W)`` (``None`` in an experiment's settings: the data sets it).
+        dim: the image shape ``(C, H, W)`` (``None`` in an experiment's settings: the data
+            sets it, as it sets a vector model's dimension).
         hidden_dims: channels of the hidden convolutions of every block's field.
         num_blocks: CNF blocks before and after each squeeze.
         activation: see :data:`~pipeline_lib.flows.odenet.ACTIVATIONS` (released: softplus).
         T, train_T: initial end time of every block, and whether it is learned.
         trace, noise: divergence estimator and Hutchinson noise (released: Gaussian).
         alpha: the logit transform's α.
-        hflip: random horizontal flips of training images (CIFAR-10).
+        hflip: random horizontal flips of training images (FFJORD flips CIFAR-10's; an
+            experiment sets it from its data set).
         solver: the ODE solver (FFJORD: dopri5, 1e-5).
     """
 
-    image_shape: tuple[int, int, int] | None = None
-    hidden_dims: tuple[int, ...] = (64, 64, 64)
-    num_blocks: int = 2
-    activation: str = "softplus"
+    dim: tuple[int, int, int] | None = None
+    hidden_dims: tuple[int, ...] = (64, 64)
+    num_blocks: int = 1
+    activation: str = "tanh"
     T: float = 1.0
-    train_T: bool = True
+    train_T: bool = False
     trace: str = "hutchinson"
     noise: str = "gaussian"
     alpha: float = LOGIT_ALPHA
@@ -88,24 +109,17 @@ class MultiscaleConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        if self.image_shape is not None:
-            object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+        if self.dim is not None:
+            object.__setattr__(self, "dim", tuple(int(s) for s in self.dim))
         if self.num_blocks < 1:
             raise ValueError(f"model.num_blocks must be at least 1, got {self.num_blocks}")
         if not 0 <= self.alpha < 0.5:
             raise ValueError(f"model.alpha must be in [0, 0.5), got {self.alpha}")
 
-    @property
-    def dim(self) -> tuple[int, int, int] | None:
-        """The data's shape (the role ``dim`` plays for vector models)."""
-        return self.image_shape
-
     @classmethod
     def from_dict(cls, d: dict) -> MultiscaleConfig:
         d = dict(d)
         solver = d.pop("solver", None) or {}
-        if "dim" in d:  # the pipeline sets the data's shape as ``dim``
-            d["image_shape"] = d.pop("dim")
         if not isinstance(solver, SolverConfig):
             solver = SolverConfig(**solver)
         return cls(solver=solver, **d)
@@ -113,7 +127,7 @@ class MultiscaleConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
-        d["image_shape"] = None if self.image_shape is None else list(self.image_shape)
+        d["dim"] = None if self.dim is None else list(self.dim)
         return d
 
 
@@ -164,10 +178,10 @@ class MultiscaleFlow(nn.Module):
 
     def __init__(self, cfg: MultiscaleConfig) -> None:
         super().__init__()
-        if cfg.image_shape is None:
-            raise ValueError("MultiscaleConfig.image_shape is not set: give (C, H, W)")
+        if cfg.dim is None:
+            raise ValueError("MultiscaleConfig.dim is not set: give (C, H, W)")
         self.config = cfg
-        c, h, w = cfg.image_shape
+        c, h, w = cfg.dim
         self.n_scales = _n_scales(h, w)
         if self.n_scales < 1:
             raise ValueError(f"images of {h}×{w} are too small for the multiscale flow (≥ 4×4)")
@@ -208,7 +222,7 @@ class MultiscaleFlow(nn.Module):
 
     @property
     def num_dims(self) -> int:
-        return math.prod(self.config.image_shape)
+        return math.prod(self.config.dim)
 
     @property
     def nfe(self) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "plot_density_grid",
     "plot_metrics_vs_prune_ratio",
     "plot_nll_vs_prune_ratio",
+    "plot_sample_grids",
     "plot_vector_fields",
     "style",
 ]
@@ -89,6 +90,7 @@ def plot_nll_vs_prune_ratio(
     """Test NLL vs prune ratio per experiment, mean ± std over seeds; with ``published_dir``
     the paper's values for the same dataset (:func:`published_nll_curve`) as open markers."""
     from pipeline_lib.reporting.published import published_nll_curve
+    from pipeline_lib.reporting.summary import nll_column
 
     style()
     df = read_parquet(summary_path)
@@ -100,6 +102,8 @@ def plot_nll_vs_prune_ratio(
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
     for ax, exp in zip(axes.flat, experiments, strict=False):
         sub = df[df["experiment"] == exp]
+        column, unit = nll_column(sub)
+        sub = sub.assign(test_nll=sub[column])
         dense = sub[sub["round"] == 0]["test_nll"].mean()
         _method_curves(ax, sub, "test_nll", axis="measured")  # Fig. 4: the measured ratio
         ax.axhline(dense, color="0.3", ls="--", lw=1, label="dense")
@@ -110,7 +114,7 @@ def plot_nll_vs_prune_ratio(
         seeds = sub["seed"].nunique()
         ax.set_title(f"{exp} ({sub['dataset'].iloc[0]}, {seeds} seed{'s' if seeds > 1 else ''})")
         ax.set_xlabel("prune ratio (%): ours measured over all parameters, paper nominal")
-        ax.set_ylabel(f"test NLL ({sub['nll_unit'].iloc[0]})")
+        ax.set_ylabel(f"test NLL ({unit})")
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(experiments) :]:
         ax.set_visible(False)
@@ -404,6 +408,65 @@ def plot_decision_boundaries(
         ax.set_xlabel("depth t")
         ax.set_ylabel("$z_1(t)$")
         ax.set_title("trajectories through depth", fontsize=8)
+    fig.tight_layout()
+    _save(fig, png, pdf)
+    return fig
+
+
+def _tile(images, columns: int = 10):
+    """uint8 images ``(N, C, H, W)`` as one ``(rows·H, columns·W[, C])`` picture."""
+    import numpy as np
+
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    canvas = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, k = divmod(i, columns)
+        canvas[r * h : (r + 1) * h, k * w : (k + 1) * w] = image.transpose(1, 2, 0)
+    return canvas[..., 0] if c == 1 else canvas
+
+
+def plot_sample_grids(
+    summary_path: str | Path,
+    snapshot_paths,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    max_columns: int = 6,
+):
+    """Samples of image flows per prune ratio (Sparse Flows Fig. 1's samples, §4.3): one row
+    per image experiment and method (first seed), columns from the dense flow to the sparsest
+    round, each a 10 × 10 grid drawn from the same latent noise."""
+    import numpy as np
+
+    style()
+    grids = _load_arrays(snapshot_paths, "images")
+    ratios = _prune_ratios(read_parquet(summary_path), "nominal")
+    rows = sorted({(e, s, m) for (e, s, m, r) in grids if m != "dense"})
+    if not rows:
+        rows = sorted({(e, s, "dense") for (e, s, m, r) in grids})
+    if not rows:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no image flow in this run", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, png, pdf)
+        return fig
+    fig, axes = plt.subplots(
+        len(rows), max_columns, figsize=(2.2 * max_columns, 2.4 * len(rows)), squeeze=False
+    )
+    for ax_row, (exp, seed, method) in zip(axes, rows, strict=True):
+        rounds = sorted(r for (e, s, m, r) in grids if (e, s, m) == (exp, seed, method))
+        keys = [(exp, seed, "dense", 0)] + [(exp, seed, method, r) for r in rounds]
+        keys = [k for k in keys if k in grids]
+        pick = np.unique(
+            np.linspace(0, len(keys) - 1, min(max_columns, len(keys))).round().astype(int)
+        )
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, idx in zip(ax_row, pick, strict=False):
+            ax.imshow(_tile(grids[keys[idx]]["images"]), cmap="gray", interpolation="nearest")
+            ax.set_title(f"PR {100 * ratios.get(keys[idx], 0.0):.0f}%", fontsize=8)
+        ax_row[0].text(-0.08, 0.5, f"{exp}\n{method}", transform=ax_row[0].transAxes,
+                       ha="right", va="center", fontsize=8)  # fmt: skip
     fig.tight_layout()
     _save(fig, png, pdf)
     return fig

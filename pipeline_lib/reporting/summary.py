@@ -2,8 +2,9 @@
 
 Rows come from each round's ``round.json`` and ``metrics/nll.json``, with the columns of the
 other metrics where they were evaluated (Hessian, good samples, a classifier's robustness).
-``family`` says what ``test_nll`` is: a flow's NLL of the data, or a classifier's
-cross-entropy (the NLL of the labels; ``test_accuracy`` beside it). The dense warm start
+``family`` says what ``test_nll`` is: a flow's NLL of the data, a classifier's
+cross-entropy (the NLL of the labels; ``test_accuracy`` beside it), or an image flow's NLL of
+the 8-bit images (``test_bits_per_dim`` beside it, the unit of the paper's image tables). The dense warm start
 (round 0) is shared by both pruning methods and appears once under each, so that every
 method's curve starts at prune ratio 0. Rounds skipped after an early stop carry no row.
 
@@ -37,6 +38,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "aggregate_experiment",
     "concat_summaries",
+    "nll_column",
     "check_record",
     "prune_ratio_axis",
     "with_relative_metrics",
@@ -59,6 +61,7 @@ SUMMARY_COLUMNS = [
     "nll_unit",
     "family",
     "test_accuracy",
+    "test_bits_per_dim",
     "nfe_forward",
     "train_seconds",
     "config_hash",
@@ -168,6 +171,7 @@ def aggregate_experiment(
             "nll_unit": nll.get("nll_unit", "nats"),
             "family": nll.get("family", "ffjord"),
             "test_accuracy": nll.get("test_accuracy", math.nan),
+            "test_bits_per_dim": nll.get("test_bits_per_dim", math.nan),
             "stopped": bool(rec.get("stopped", False)),
             "diverged": has_diverged(
                 rec["val_nll"], rec.get("val_nll_reference", math.nan), divergence_nats
@@ -202,6 +206,14 @@ def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFra
     df = pd.concat([read_parquet(f) for f in files], ignore_index=True)
     write_parquet(df, out)
     return df
+
+
+def nll_column(df: pd.DataFrame) -> tuple[str, str]:
+    """The summary column and unit in which the paper reports these rows' NLL: bits/dim for
+    image flows (Table 3, S9–S10), nats otherwise."""
+    if "family" in df and (df["family"] == "multiscale").any():
+        return "test_bits_per_dim", "bits/dim"
+    return "test_nll", "nats"
 
 
 def prune_ratio_axis(df: pd.DataFrame, kind: str) -> pd.Series:

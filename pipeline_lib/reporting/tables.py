@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline_lib.io import read_parquet
 from pipeline_lib.reporting.published import published_metric_curve, published_nll_curve
-from pipeline_lib.reporting.summary import prune_ratio_axis, with_relative_metrics
+from pipeline_lib.reporting.summary import nll_column, prune_ratio_axis, with_relative_metrics
 
 __all__ = [
     "classifier_table",
@@ -54,12 +54,15 @@ def mean_std(values: pd.Series, digits: int = 3) -> str:
 def nll_table(
     summary: pd.DataFrame, dataset: str, published_dir: str | Path | None = None
 ) -> pd.DataFrame:
-    """One row per prune round of ``dataset``, both methods side by side (Tables S4–S10)."""
+    """One row per prune round of ``dataset``, both methods side by side (Tables S4–S10); the
+    NLL in nats, or in bits/dim for image flows (:func:`nll_column`)."""
     df = summary[summary["dataset"] == dataset]
     if "family" in df:  # a classifier's NLL is its cross-entropy: the classifier table has it
         df = df[df["family"].fillna("ffjord") != "classifier"]
     if df.empty:
         raise ValueError(f"no flow results for dataset {dataset!r} in the summary")
+    column, _ = nll_column(df)
+    df = df.assign(test_nll=df[column])
     # the paper's tables are on the nominal prune ratio; the measured one is shown beside it
     df = df.assign(
         pr_axis=prune_ratio_axis(df, "nominal"), pr_measured=prune_ratio_axis(df, "measured")
@@ -150,11 +153,13 @@ def write_nll_table(
     tex: str | Path,
 ) -> pd.DataFrame:
     """Write the NLL table of ``dataset`` as Markdown, CSV (full precision) and LaTeX."""
-    table = nll_table(read_parquet(summary_path), dataset, published_dir)
+    summary = read_parquet(summary_path)
+    table = nll_table(summary, dataset, published_dir)
+    _, unit = nll_column(summary[summary["dataset"] == dataset])
     _write(
         table,
         _display(table),
-        f"{dataset}: test NLL (nats) per prune ratio",
+        f"{dataset}: test NLL ({unit}) per prune ratio",
         "Mean ± std over seeds. `paper`: the published Sparse Flow value at the same prune ratio "
         "(Tables S4–S10; for toy data the structured NLL of Tables S11–S12), `Δ` = ours − paper.",
         md,

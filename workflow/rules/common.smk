@@ -6,7 +6,11 @@ from pathlib import Path
 REPO = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO))
 
-from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
+from pipeline_lib.data import (
+    IMAGE_DATASETS,
+    TABULAR_DATASETS,
+    TOY_DATASETS,
+)  # noqa: E402
 from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
     METRICS,
@@ -154,13 +158,19 @@ def all_tables():
     return tables
 
 
+def image_experiments():
+    return [n for n, e in EXPERIMENTS.items() if e.dataset in IMAGE_DATASETS]
+
+
 def all_figures():
     figures = [LAYOUT.figure("nll_vs_prune_ratio")] if flow_datasets() else []
+    if set(image_experiments()) & set(with_samples()):
+        figures.append(LAYOUT.figure("sample_grids"))
     if classifiers():
         figures.append(LAYOUT.figure("classifier_vs_prune_ratio"))
     if with_robustness():
         figures.append(LAYOUT.figure("decision_boundaries"))
-    if with_samples():
+    if set(with_samples()) - set(image_experiments()):
         figures += [LAYOUT.figure("density_grid"), LAYOUT.figure("vector_field")]
     if with_good_samples():
         figures.append(LAYOUT.figure("good_samples_vs_prune_ratio"))

@@ -13,6 +13,7 @@ localrules:
     metric_figures,
     classifier_table,
     decision_boundaries,
+    sample_grids,
 
 
 rule aggregate_experiment:
@@ -211,3 +212,22 @@ rule decision_boundaries:
         prune_ratios=config["report"]["boundary_prune_ratios"],
     script:
         "../scripts/decision_boundaries.py"
+
+
+rule sample_grids:
+    input:
+        summary=SUMMARY,
+        snapshots=snapshots,
+    output:
+        png=report(
+            LAYOUT.figure("sample_grids"),
+            caption="../report/sample_grids.rst",
+            category="Figures",
+        ),
+        pdf=LAYOUT.figure("sample_grids", "pdf"),
+    log:
+        LAYOUT.log("figures/sample_grids"),
+    conda:
+        ENV
+    script:
+        "../scripts/sample_grids.py"
