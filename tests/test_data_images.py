@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import struct
 
 import numpy as np
 import pytest
-from data_helpers import FileServer, closed_port_url, tar_bytes
+from data_helpers import FileServer, closed_port_url, idx_bytes, tar_bytes
 
 from pipeline_lib.data import images
 from pipeline_lib.data.download import DownloadError
@@ -22,12 +21,6 @@ from pipeline_lib.data.images import (
 )
 
 RNG = np.random.default_rng(0)
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file of unsigned bytes: 0, 0, type 0x08, ndim, big-endian sizes, values."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", s) for s in array.shape)
-    return gzip.compress(header + array.astype(np.uint8).tobytes())
 
 
 def cifar_bytes(images_: np.ndarray, labels: np.ndarray) -> bytes:

@@ -13,9 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from data_helpers import write_mnist_mirror
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -269,7 +271,9 @@ def tiny_config(
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """One tiny study run end to end (workdir, configfile), shared by the tests below: the
     ``tiny`` experiment (both methods, 2 rounds, every metric), ``stopper`` (early stop
-    after round 1 of 3) and ``clf``, a neural-ODE classifier on the moons (§4.6)."""
+    after round 1 of 3), ``clf``, a neural-ODE classifier on the moons (§4.6), and ``img``, a
+    multiscale image flow on a tiny synthetic set in MNIST's file format, read from a mirror
+    directory (§4.3)."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     stop = {
         "dataset": "gaussians",
@@ -308,8 +312,23 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
             "rounds": 2,
         },  # fmt: skip
     }
-    cfg = tiny_config(workdir, extra={"stopper": stop, "clf": clf})
+    img = {
+        "dataset": "mnist",
+        "model": {"family": "multiscale", "hidden_dims": [4], "activation": "softplus"},
+        "solver": {"method": "rk4", "step_size": 0.5},
+        "train": {"epochs": 1, "batch_size": 25},
+        "evaluation": {
+            "batch_size": 50,
+            "hessian": {"num_points": 4, "power_iters": 2, "lanczos_steps": 3,
+                        "lanczos_runs": 1, "trace_samples": 2},
+        },
+        "prune": {"methods": ["unstructured", "structured"], "prune_ratio_per_round": 0.3,
+                  "rounds": 2},
+    }  # fmt: skip
+    cfg = tiny_config(workdir, extra={"stopper": stop, "clf": clf, "img": img})
     tiny_cfg = yaml.safe_load(cfg.read_text())
+    mirror = workdir / "mirror"
+    tiny_cfg["data"] = {"mirror": str(mirror), "image_md5": write_mnist_mirror(mirror)}
     tiny_cfg["experiments"]["tiny"]["train"]["val_every"] = 2  # reaches the jobs untracked
     cfg.write_text(yaml.safe_dump(tiny_cfg))
     # no wall-time assertion: the run's time is measured in docs/REPRODUCTION.md, and a
@@ -351,6 +370,13 @@ def test_tiny_run_summary_has_every_round_and_metric(tiny_run):
     assert (clf["boundary_distance_p5"] <= clf["boundary_distance_mean"]).all()
     assert clf["noise_accuracy_0.1"].between(0, 1).all()
     assert clf["good_pct_3"].isna().all()  # good samples are a flow's metric
+    # the image flow: bits/dim of the 8-bit images, = NLL / (D log 2), D = 64 pixels
+    img = df[df.experiment == "img"]
+    assert sorted(img.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
+    assert (img["family"] == "multiscale").all() and img["lambda_max"].notna().all()
+    bits = img["test_nll"] / (64 * np.log(2))
+    np.testing.assert_allclose(img["test_bits_per_dim"], bits, rtol=1e-9)
+    assert (img["test_bits_per_dim"] > 0).all()  # an 8-bit image has a probability below 1
 
 
 def test_tiny_run_early_stop_leaves_pass_through_rounds(tiny_run):
@@ -372,6 +398,10 @@ def test_tiny_run_tables_figures_and_progress_logs(tiny_run):
     for figure in ("decision_boundaries", "classifier_vs_prune_ratio"):
         assert (results / f"figures/{figure}.png").stat().st_size > 10_000
     assert not (results / "tables/nll_moons.md").exists()
+    assert "bits/dim" in (results / "tables/nll_mnist.md").read_text()
+    assert (results / "figures/sample_grids.png").stat().st_size > 5_000
+    grid = np.load(results / "img/seed0/structured/round002/metrics/snapshot.npz")["images"]
+    assert grid.shape == (100, 1, 8, 8) and grid.dtype == np.uint8
     # progress in the logs: epochs, NFE, round r of R
     log = (results / "logs/tiny/seed0/unstructured/round002.log").read_text()
     assert "round 2/2 | epoch 2/2" in log and "NFE" in log

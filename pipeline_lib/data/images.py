@@ -18,8 +18,8 @@ labels for train / validation / test, stored as ``.npy`` files with ``meta.json`
 the logit transform are applied to batches at training time, not stored.
 
 Validation split: FFJORD's ``train_cnf.py`` trains on the whole training set and validates on
-the test set. Here the last ``val_size`` training images (MNIST 10,000, CIFAR-10 5,000) are
-held out for validation, so that Algorithm 1's per-round validation never sees the test set
+the test set. Here the last ``val_size`` training images (MNIST 10,000, CIFAR-10 5,000; a
+sixth of a training set smaller than twice that) are held out for validation, so that Algorithm 1's per-round validation never sees the test set
 (a deliberate difference). ``subset`` keeps the first n images of each split, for small runs.
 
 Example::
@@ -254,6 +254,8 @@ def _split(
     subset: int | None,
 ) -> ImageSplits:
     images, labels = train
+    if len(images) < 2 * val_size:  # a small (synthetic) set: a sixth of it
+        val_size = max(1, len(images) // 6)
     if not 0 < val_size < len(images):
         raise ValueError(f"val_size must be in 1..{len(images) - 1}, got {val_size}")
     cut = len(images) - val_size
