@@ -450,6 +450,8 @@ def plot_sample_grids(
         ax.axis("off")
         _save(fig, png, pdf)
         return fig
+    most = max(sum(1 for k in grids if k[:3] == row or k[2] == "dense") for row in rows)
+    max_columns = min(max_columns, most)
     fig, axes = plt.subplots(
         len(rows), max_columns, figsize=(2.2 * max_columns, 2.4 * len(rows)), squeeze=False
     )
