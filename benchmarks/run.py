@@ -286,6 +286,27 @@ def _section_pipeline(res: dict) -> list[str]:
     ]
 
 
+def _section_images(res: dict) -> list[str]:
+    shape = "×".join(str(v) for v in res["image_shape"])
+    head = (
+        f"One training iteration of the multiscale image flow on {shape} images, batch "
+        f"{res['batch']}; the epoch extrapolated to {res['train_size']:,} training images."
+    )
+    header = ["threads", "variant", "params", "s/iteration", "NFE", "h/epoch"]
+    rows = [
+        [
+            r["threads"],
+            r["variant"],
+            f"{r['params']:,}",
+            _mi(r["seconds_per_iteration"]),
+            _num(median_of(r, "nfe_forward_backward")),
+            f"{r['epoch_hours']:.2f}",
+        ]
+        for r in res["rows"]
+    ]
+    return [head, "", *_table(header, rows)]
+
+
 RENDERERS = {
     "toy": ("ms per training iteration, toy (Table S1)", _section_toy),
     "tabular": ("ms per training iteration, tabular size", _section_tabular),
@@ -293,6 +314,7 @@ RENDERERS = {
     "batched": ("Several models in one process", _section_batched),
     "hessian": ("Hessian metrics cost", _section_hessian),
     "sampling": ("Sampling throughput", _section_sampling),
+    "images": ("Image flows: cost of a training epoch", _section_images),
     "pipeline": ("Default pipeline", _section_pipeline),
 }
 

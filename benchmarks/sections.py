@@ -15,6 +15,7 @@ import math
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,16 @@ TABULAR_CONFIG = REPO / "config" / "paper" / "tabular.yaml"
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
 
 #: Section names, in the order they run (``--only`` picks some).
-SECTIONS = ("toy", "tabular", "time_to_quality", "batched", "hessian", "sampling", "pipeline")
+SECTIONS = (
+    "toy",
+    "tabular",
+    "time_to_quality",
+    "batched",
+    "hessian",
+    "sampling",
+    "images",
+    "pipeline",
+)
 
 
 # --------------------------------------------------------------------------- settings
@@ -194,6 +204,13 @@ class Settings:
     hessian_repeats: int = 3
     sampling_n: int = 10_000
     sampling_repeats: int = 5
+    # image flows: the released MNIST model, training iterations of batch 200
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_hidden: tuple[int, ...] = (64, 64, 64)
+    image_blocks: int = 2
+    image_batch: int = 200
+    image_repeats: int = 2
+    image_train_size: int = 50_000
     # default pipeline
     pipeline_config: Path = DEFAULT_CONFIG
     pipeline_cores: int = 2
@@ -223,6 +240,7 @@ class Settings:
                 hessian_repeats=1,
                 sampling_n=2000,
                 sampling_repeats=3,
+                image_repeats=1,
             )
         elif mode == "tiny":
             tiny = ModelSpec(2, (8, 8), "sigmoid", 32, 1e-3, 1e-3, 5e-3)
@@ -252,6 +270,11 @@ class Settings:
                 hessian_repeats=1,
                 sampling_n=50,
                 sampling_repeats=2,
+                image_shape=(1, 8, 8),
+                image_hidden=(4,),
+                image_blocks=1,
+                image_batch=8,
+                image_repeats=1,
             )
         elif mode != "full":
             raise ValueError(f"unknown benchmark mode {mode!r}; choose full, quick or tiny")
@@ -772,6 +795,83 @@ def sampling(s: Settings, clock: Clock, state: dict) -> dict:
     return {"weights": weights, "n": s.sampling_n, "solver": solver.to_dict(), "rows": rows}
 
 
+# --------------------------------------------------------------------------- image flows
+
+
+def image_training(s: Settings, clock: Clock, state: dict) -> dict:
+    """Seconds per training iteration of the multiscale image flow (the released MNIST model
+    unless the preset shrinks it; batch 200 of random uint8 images, whose cost is that of real
+    digits up to the adaptive solver's step count) with FFJORD's dopri5 1e-5 and with the RNODE
+    variant (rk4 step 0.25, kinetic + Jacobian penalties), and the epoch they extrapolate to
+    (``image_train_size`` images: MNIST's 50,000 after the validation split). The first
+    iteration of each variant is a warm-up."""
+    from pipeline_lib.flows.multiscale import MultiscaleConfig, build_multiscale
+    from pipeline_lib.pruning import count_parameters
+    from pipeline_lib.training import TrainConfig, apply_step, forward_loss, make_optimizer
+
+    variants = {
+        "FFJORD (dopri5 1e-5, Hutchinson)": (
+            SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5),
+            TrainConfig(lr=1e-3, batch_size=s.image_batch),
+            True,
+        ),
+        "RNODE (rk4 0.25, λ_K = λ_J = 0.01)": (
+            SolverConfig(method="rk4", step_size=s.rnode_step),
+            TrainConfig(
+                lr=1e-3,
+                batch_size=s.image_batch,
+                lambda_kinetic=s.rnode_lambda,
+                lambda_jacobian=s.rnode_lambda,
+            ),
+            False,
+        ),
+    }
+    gen = torch.Generator().manual_seed(s.seed)
+    batch = torch.randint(0, 256, (s.image_batch, *s.image_shape), dtype=torch.uint8, generator=gen)
+    batch = batch.to(clock.device)
+    rows = []
+    for threads in s.threads:
+        torch.set_num_threads(threads)
+        for name, (solver, cfg, train_T) in variants.items():
+            torch.manual_seed(s.seed)
+            flow = build_multiscale(
+                MultiscaleConfig(
+                    dim=s.image_shape,
+                    hidden_dims=s.image_hidden,
+                    num_blocks=s.image_blocks,
+                    activation="softplus",
+                    train_T=train_T,
+                    solver=solver,
+                )
+            ).to(clock.device)
+            optimizer = make_optimizer(flow.parameters(), cfg)
+            seconds, nfe = [], []
+            for k in range(s.image_repeats + 1):
+                n0, t0 = flow.nfe, clock.now()
+                out = forward_loss(flow, batch, cfg, optimizer)
+                apply_step(flow, optimizer, out, cfg)
+                if k:
+                    seconds.append(clock.now() - t0)
+                    nfe.append(flow.nfe - n0)
+            median = statistics.median(seconds)
+            rows.append(
+                {
+                    "threads": threads,
+                    "variant": name,
+                    "params": count_parameters(flow)[0],
+                    "seconds_per_iteration": summarize(seconds),
+                    "nfe_forward_backward": summarize(nfe),
+                    "epoch_hours": median * math.ceil(s.image_train_size / s.image_batch) / 3600,
+                }
+            )
+    return {
+        "image_shape": list(s.image_shape),
+        "batch": s.image_batch,
+        "train_size": s.image_train_size,
+        "rows": rows,
+    }
+
+
 # --------------------------------------------------------------------------- batched models
 
 
@@ -946,5 +1046,6 @@ SECTION_FUNCTIONS = {
     "batched": batched_training,
     "hessian": hessian_cost,
     "sampling": sampling,
+    "images": image_training,
     "pipeline": pipeline_run,
 }

@@ -36,7 +36,10 @@ def graph_unsupported_reason(model: ContinuousFlow, device: torch.device) -> str
     """Why a training step of ``model`` cannot be captured on ``device``; None if it can."""
     if device.type != "cuda":
         return "not on a CUDA device"
-    for block in model.blocks:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        return f"a {type(model).__name__}, not a flow (graphs are captured for flows only)"
+    for block in blocks:
         solver = block.solver
         if solver.method != "rk4" or solver.adjoint:
             how = f"{solver.method}{' with adjoint' if solver.adjoint else ''}"

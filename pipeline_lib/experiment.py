@@ -13,32 +13,37 @@ Where each setting lives (its default included) is one dataclass per section:
 
 ============================  ====================================================
 ``data``                      :class:`DataConfig` (toy generator)
-``model``                     :data:`MODEL_FAMILIES` by ``model.family``: ``ffjord``
-                              → :class:`~pipeline_lib.flows.FlowConfig`
+``model``                     :data:`~pipeline_lib.families.FAMILIES` by
+                              ``model.family``: ``ffjord`` →
+                              :class:`~pipeline_lib.flows.FlowConfig`, ``classifier``
+                              → :class:`~pipeline_lib.classifier.ClassifierConfig`
 ``solver``                    :class:`~pipeline_lib.flows.SolverConfig`
 ``train``                     :class:`~pipeline_lib.training.TrainConfig`
 ``evaluation``                :class:`EvaluationConfig`, with ``samples``
-                              (:class:`SamplesConfig`) and ``hessian``
+                              (:class:`SamplesConfig`), ``hessian``
                               (:class:`~pipeline_lib.evaluation.hessian.HessianConfig`)
+                              and ``robustness`` (:class:`~pipeline_lib.evaluation.
+                              robustness.RobustnessConfig`)
 ``prune``                     :class:`~pipeline_lib.sparse_flow.PruneConfig` and ``methods``
 ============================  ====================================================
 
 The schema keeps types, ranges and ``additionalProperties: false``; its defaults equal the
-dataclasses' (a test compares them). A new model family (the §4.6 classifier, the §4.3
-multiscale image flow) is a new entry of :data:`MODEL_FAMILIES` and of the schema's
-``model.family`` enum.
+dataclasses' (a test compares them). A model family (:mod:`pipeline_lib.families`) is an
+entry of :data:`~pipeline_lib.families.FAMILIES` and of the schema's ``model.family`` enum;
+the ``model`` keys that belong to another family must keep their defaults (checked here).
 
 Example::
 
     exps = load_experiments(config)           # validates, expands, builds
     exp = exps["gaussians"]
-    flow = build_flow(exp.flow_config(dim=2))
+    model = build_model(exp.model_config(dim=2))
     exp.rounds, exp.data_id, exp.rerun_key
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -48,14 +53,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.data import IMAGE_DATASETS, TOY_DATASETS
+from pipeline_lib.data.toy import CLASSIFICATION_DATASETS
 from pipeline_lib.evaluation.hessian import HessianConfig
-from pipeline_lib.flows import FlowConfig, SolverConfig
+from pipeline_lib.evaluation.robustness import RobustnessConfig
+from pipeline_lib.families import FAMILIES, family_of
+from pipeline_lib.flows import SolverConfig
 from pipeline_lib.sparse_flow import PruneConfig
 from pipeline_lib.training import TrainConfig
 
 __all__ = [
     "METRICS",
-    "MODEL_FAMILIES",
     "SCHEMA",
     "DataConfig",
     "EvaluationConfig",
@@ -73,20 +81,18 @@ __all__ = [
 #: The workflow configuration's schema: types, ranges, defaults (equal to the dataclasses').
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
-#: The per-checkpoint metrics, one evaluation job each: test NLL, good samples with the
-#: density snapshot (2-D data), and the Hessian eigen-analysis.
-METRICS = ("nll", "samples", "hessian")
-
-#: Model families by ``model.family``: the configuration class of each. ``ffjord`` is the
-#: FFJORD flow over vectors (toy and tabular data, §4.1–4.2).
-MODEL_FAMILIES: dict[str, type] = {"ffjord": FlowConfig}
+#: The per-checkpoint metrics, one evaluation job each: test NLL (a classifier's: its
+#: cross-entropy and accuracy), good samples with the density snapshot (2-D flows), the Hessian
+#: eigen-analysis, and the decision-boundary robustness of classifiers. Which apply to an
+#: experiment is its family's choice (:attr:`~pipeline_lib.families.ModelFamily.metrics`).
+METRICS = ("nll", "samples", "hessian", "robustness")
 
 #: Settings that cannot change a trained model: what the evaluation of a checkpoint measures
 #: (samples, Hessian), how often training logs and validates (the last epoch is always
 #: validated, so the round's validation NLL does not depend on it) and how a diverged round is
 #: reported (the summary recomputes the flag with the current threshold).
 NOT_TRAINING = {
-    "evaluation": ("samples", "hessian"),
+    "evaluation": ("samples", "hessian", "robustness"),
     "train": ("log_every", "val_every", "divergence_nats", "on_divergence"),
 }
 
@@ -97,16 +103,20 @@ _NLL_SETTINGS = ("trace", "solver", "batch_size")
 @dataclass(frozen=True)
 class DataConfig:
     """Toy data generator settings (ignored for tabular data); ``None`` keeps the dataset's
-    own value (:func:`~pipeline_lib.data.toy.generate_toy`)."""
+    own value (:func:`~pipeline_lib.data.toy.generate_toy`). ``subset``: image data sets
+    only, the first n images of each split (:func:`~pipeline_lib.data.images.prepare_images`)."""
 
     seed: int = 0
     n_per_mode: int | None = None
     n_samples: int | None = None
     noise: float | None = None
+    subset: int | None = None
 
     def generator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~pipeline_lib.data.toy.generate_toy` (seed apart)."""
-        return {k: v for k, v in asdict(self).items() if k != "seed" and v is not None}
+        return {
+            k: v for k, v in asdict(self).items() if k not in ("seed", "subset") and v is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,14 @@ class SamplesConfig:
 class EvaluationConfig:
     """How every checkpoint is evaluated: the NLL integration (``trace``: None = the model's
     own; ``solver``: None = the training solver; ``batch_size``), shared by validation and
-    every metric, and the settings of the sample and Hessian metrics."""
+    every metric, and the settings of the sample, Hessian and robustness metrics."""
 
     trace: str | None = None
     batch_size: int = 10_000
     solver: SolverConfig | None = None
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     hessian: HessianConfig = field(default_factory=HessianConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "evaluation") -> EvaluationConfig:
@@ -147,6 +158,7 @@ class EvaluationConfig:
         solver = d.pop("solver", None)
         samples = d.pop("samples", None) or {}
         hessian = d.pop("hessian", None) or {}
+        robustness = d.pop("robustness", None) or {}
         return _section(
             where,
             lambda: cls(
@@ -155,6 +167,9 @@ class EvaluationConfig:
                 ),
                 samples=_section(f"{where}.samples", lambda: SamplesConfig(**samples)),
                 hessian=_section(f"{where}.hessian", lambda: HessianConfig.from_dict(hessian)),
+                robustness=_section(
+                    f"{where}.robustness", lambda: RobustnessConfig.from_dict(robustness)
+                ),
                 **d,
             ),
         )
@@ -198,7 +213,7 @@ class Experiment:
     dataset: str
     seeds: tuple[int, ...]
     data: DataConfig
-    model: FlowConfig
+    model: Any  # the family's configuration (FlowConfig, ClassifierConfig)
     train: TrainConfig
     evaluation: EvaluationConfig
     prune: PruneConfig
@@ -217,10 +232,37 @@ class Experiment:
         e = copy.deepcopy(dict(entry))
         model = dict(e.get("model") or {})
         family = model.pop("family", "ffjord")
-        if family not in MODEL_FAMILIES:
+        if family not in FAMILIES:
             raise ValueError(
                 f"invalid configuration at '{where}.model.family': unknown model family "
-                f"{family!r}; use one of {sorted(MODEL_FAMILIES)}"
+                f"{family!r}; use one of {sorted(FAMILIES)}"
+            )
+        model = _family_settings(family, model, where)
+        if (family == "multiscale") != (e["dataset"] in IMAGE_DATASETS):
+            raise ValueError(
+                f"invalid configuration at '{where}.model.family': image data sets "
+                f"({', '.join(IMAGE_DATASETS)}) need model.family: multiscale, and the "
+                f"multiscale flow needs one of them; got family {family!r} on "
+                f"{e['dataset']!r}"
+            )
+        if family == "multiscale":  # FFJORD flips CIFAR-10's training images
+            model["hflip"] = e["dataset"] == "cifar10"
+        data = e.get("data") or {}
+        image = e["dataset"] in IMAGE_DATASETS
+        toy_keys = [k for k in ("n_per_mode", "n_samples", "noise") if data.get(k) is not None]
+        if (data.get("subset") is not None and not image) or (image and toy_keys):
+            key = "subset" if not image else toy_keys[0]
+            raise ValueError(
+                f"invalid configuration at '{where}.data.{key}': it does not apply to data set "
+                f"{e['dataset']!r} (data.subset is for image sets, the other data keys for toy "
+                "sets); remove it"
+            )
+        if FAMILIES[family].supervised and e["dataset"] not in CLASSIFICATION_DATASETS:
+            raise ValueError(
+                f"invalid configuration at '{where}.dataset': model family {family!r} needs a "
+                f"two-class data set (its logits are the final state of the 2-D input), and "
+                f"{e['dataset']!r} is none; use one of {list(CLASSIFICATION_DATASETS)} or "
+                "model.family: ffjord"
             )
         solver = _section(f"{where}.solver", lambda: SolverConfig(**(e.get("solver") or {})))
         prune = dict(e.get("prune") or {})
@@ -235,7 +277,7 @@ class Experiment:
             data=_section(f"{where}.data", lambda: DataConfig(**(e.get("data") or {}))),
             model=_section(
                 f"{where}.model",
-                lambda: MODEL_FAMILIES[family].from_dict({**model, "solver": solver}),
+                lambda: FAMILIES[family].config.from_dict({**model, "solver": solver}),
             ),
             train=_section(f"{where}.train", lambda: TrainConfig(**(e.get("train") or {}))),
             evaluation=evaluation,
@@ -254,8 +296,18 @@ class Experiment:
 
     @property
     def family(self) -> str:
-        """The model family (a key of :data:`MODEL_FAMILIES`)."""
-        return next(k for k, v in MODEL_FAMILIES.items() if isinstance(self.model, v))
+        """The model family (a key of :data:`~pipeline_lib.families.FAMILIES`)."""
+        return family_of(self.model).name
+
+    def evaluates(self, metric: str) -> bool:
+        """Whether the checkpoints are evaluated for ``metric``: it applies to the family
+        (good samples and snapshots to 2-D flows only) and is enabled."""
+        _check_metric(metric)
+        if metric not in family_of(self.model).metrics:
+            return False
+        if metric == "samples" and self.family == "ffjord" and self.dataset not in _TWO_D:
+            return False  # good samples and density snapshots: 2-D flows
+        return self.evaluation.enabled(metric)
 
     @property
     def rounds(self) -> int:
@@ -298,8 +350,10 @@ class Experiment:
 
     # -- the library's configurations for one job ----------------------------------------
 
-    def flow_config(self, dim: int) -> FlowConfig:
-        """The flow architecture with its training solver, for data of dimension ``dim``."""
+    def model_config(self, dim: int) -> Any:
+        """The model's architecture with its training solver, for data of dimension ``dim``
+        (a :class:`~pipeline_lib.flows.FlowConfig` or
+        :class:`~pipeline_lib.classifier.ClassifierConfig`)."""
         return replace(self.model, dim=dim)
 
     def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
@@ -328,11 +382,42 @@ class Experiment:
         _check_metric(metric)
         ev = self.spec.get("evaluation") or {}
         out: dict[str, Any] = {"evaluation": {k: ev.get(k) for k in _NLL_SETTINGS if k in ev}}
-        if metric != "nll":
+        if metric != "nll" and metric in ev:
             out["evaluation"][metric] = copy.deepcopy(ev.get(metric) or {})
         if metric == "samples":
             out["dataset"] = self.dataset
         return out
+
+
+#: Data sets whose flows are 2-D (good samples and density snapshots apply).
+_TWO_D = frozenset(TOY_DATASETS)
+
+
+def _family_settings(family: str, model: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``model`` keys of one family. The schema fills every ``model`` key's default,
+    those of the other families included; such a key must keep its default (the family
+    ignores it), else the configuration names it."""
+    fields = set(FAMILIES[family].config.__dataclass_fields__) - {"dim", "solver"}
+    defaults = _model_defaults()
+    out = {}
+    for key, value in model.items():
+        if key in fields:
+            out[key] = value
+        elif key in defaults and value != defaults[key]:
+            raise ValueError(
+                f"invalid configuration at '{where}.model.{key}': the key does not apply to "
+                f"model family {family!r} (its keys: {', '.join(sorted(fields))}); remove it"
+            )
+    return out
+
+
+@functools.cache
+def _model_defaults() -> dict[str, Any]:
+    """The schema's default of every ``model`` key (the keys of all families)."""
+    import yaml
+
+    props = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]
+    return {k: v["default"] for k, v in props["model"]["properties"].items() if "default" in v}
 
 
 def _settings_hash(settings: Mapping[str, Any]) -> str:

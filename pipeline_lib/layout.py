@@ -9,7 +9,8 @@ parses a path back: a metrics file or snapshot names its checkpoint inside
     <root>/data/<data id>/                        train / val / test splits
     <root>/<experiment>/seed<k>/round000/         dense warm start (round 0 of every method)
     <root>/<experiment>/seed<k>/<method>/round<r>/ pruned round r = 1..R
-        model.pt, round.json, metrics/{nll.json, samples.json, snapshot.npz, hessian.json}
+        model.pt, round.json, metrics/{nll.json, samples.json, snapshot.npz, hessian.json,
+                                       robustness.json, boundary.npz}
     <root>/<experiment>/summary.parquet, <root>/summary.parquet
     <root>/tables/, <root>/figures/, <root>/logs/, <root>/benchmarks/
 
@@ -43,6 +44,7 @@ METRIC_FILES = {
     "nll": {"nll": "nll.json"},
     "samples": {"samples": "samples.json", "snapshot": "snapshot.npz"},
     "hessian": {"hessian": "hessian.json"},
+    "robustness": {"robustness": "robustness.json", "boundary": "boundary.npz"},
 }
 
 

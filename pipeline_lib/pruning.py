@@ -78,6 +78,7 @@ __all__ = [
     "keep_schedule",
     "keep_schedule_to_target",
     "mask_gradients",
+    "paper_images_keep_schedule",
     "paper_toy_keep_schedule",
     "prunable_density",
     "prunable_layers",
@@ -336,21 +337,38 @@ class _NeuronLayer:
         return w.reshape(w.shape[0], -1).abs().sum(dim=1).cpu().double()
 
 
+def _unit(layer: nn.Module) -> nn.Module | None:
+    """The linear map of one layer of a vector field: its ``linear`` (``nn.Linear``) or its
+    ``conv`` (``nn.Conv2d``, the image flows' ``ConcatConv2d``)."""
+    for name, kind in (("linear", nn.Linear), ("conv", nn.Conv2d)):
+        module = getattr(layer, name, None)
+        if isinstance(module, kind):
+            return module
+    return None
+
+
+def _width(module: nn.Module, side: str) -> int:
+    """Input or output features / channels of a linear layer or convolution."""
+    if isinstance(module, nn.Linear):
+        return module.in_features if side == "in" else module.out_features
+    return module.in_channels if side == "in" else module.out_channels
+
+
 def _neuron_layers(model: nn.Module) -> list[_NeuronLayer]:
     """The prunable layers of ``model`` in forward order where it is known: the vector fields'
-    ``layers`` (each with a ``linear``, and concatsquash's time path) and ``nn.Sequential``
-    stacks of ``nn.Linear``; every other prunable layer stands alone (no column propagation)."""
+    ``layers`` (each with a ``linear`` or a ``conv``, and concatsquash's time path) and
+    ``nn.Sequential`` stacks of ``nn.Linear``; every other prunable layer stands alone (no
+    column propagation). A convolution's "neurons" are its output filters, and the columns it
+    feeds are the next convolution's input channels."""
     out: list[_NeuronLayer] = []
     seen: set[int] = set()
     prunable = {id(m) for _, m in prunable_layers(model)}
     for module in model.modules():
         layers = getattr(module, "layers", None)
-        if isinstance(layers, nn.ModuleList) and all(
-            isinstance(getattr(layer, "linear", None), nn.Linear) for layer in layers
-        ):
+        if isinstance(layers, nn.ModuleList) and all(_unit(layer) is not None for layer in layers):
             chain = [
                 (
-                    layer.linear,
+                    _unit(layer),
                     tuple(
                         m
                         for m in (
@@ -374,7 +392,7 @@ def _neuron_layers(model: nn.Module) -> list[_NeuronLayer]:
             layer = _NeuronLayer(linear, bool(getattr(linear, "is_output_layer", False)), time)
             if previous is not None:
                 previous.feeds = layer
-                layer.offset = linear.in_features - previous.module.out_features
+                layer.offset = _width(linear, "in") - _width(previous.module, "out")
             out.append(layer)
             seen.add(id(linear))
             previous = layer
@@ -632,6 +650,12 @@ def paper_toy_keep_schedule() -> list[float]:
     geometric = np.geomspace(0.8, 0.2, num=20)
     linear = np.linspace(0.18, 0.02, num=9)
     return [float(k) for k in np.concatenate([geometric, linear])]
+
+
+def paper_images_keep_schedule() -> list[float]:
+    """Overall keep ratios of the released image-experiment configurations (12 rounds):
+    geometric from 0.8 down to 0.05 (``paper/node/param/cnf/mnist_multiscale.yaml``)."""
+    return [float(k) for k in np.geomspace(0.8, 0.05, num=12)]
 
 
 def keep_schedule_to_target(prune_ratio_per_round: float, target_prune_ratio: float) -> list[float]:

@@ -43,6 +43,7 @@ from pipeline_lib.pruning import (
     count_parameters,
     keep_schedule,
     keep_schedule_to_target,
+    paper_images_keep_schedule,
     paper_toy_keep_schedule,
     prune,
     prune_ratio,
@@ -72,7 +73,8 @@ class PruneConfig:
         prune_ratio_per_round: PR, the fraction of the remaining weights pruned per round.
         rounds: number of prune rounds R (overall keep after round r is (1-PR)^r).
         target_prune_ratio: instead of ``rounds``, prune until this overall ratio is reached.
-        schedule: ``geometric`` ((1-PR)^r) or ``paper_toy`` (the toy code's 29 keep ratios:
+        schedule: ``geometric`` ((1-PR)^r), ``paper_images`` (the image configurations' 12
+            keep ratios, geometric 0.8→0.05) or ``paper_toy`` (the toy code's 29 keep ratios:
             geometric 0.8→0.2 in 20 steps, then linear 0.18→0.02 in 9).
         patience: stop after this many rounds without validation improvement (None = never).
         min_delta: improvement smaller than this does not count.
@@ -82,7 +84,7 @@ class PruneConfig:
     prune_ratio_per_round: float = 0.1
     rounds: int | None = 10
     target_prune_ratio: float | None = None
-    schedule: Literal["geometric", "paper_toy"] = "geometric"
+    schedule: Literal["geometric", "paper_toy", "paper_images"] = "geometric"
     patience: int | None = None
     min_delta: float = 0.0
 
@@ -101,15 +103,18 @@ class PruneConfig:
             )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"prune.patience must be >= 1 or null, got {self.patience}")
-        if self.schedule not in ("geometric", "paper_toy"):
+        if self.schedule not in ("geometric", "paper_toy", "paper_images"):
             raise ValueError(
-                f"prune.schedule must be 'geometric' or 'paper_toy', got {self.schedule!r}"
+                "prune.schedule must be 'geometric', 'paper_toy' or 'paper_images', got "
+                f"{self.schedule!r}"
             )
 
     def keep_ratios(self) -> list[float]:
         """Overall keep ratio after each round r = 1..R."""
         if self.schedule == "paper_toy":
             return paper_toy_keep_schedule()
+        if self.schedule == "paper_images":
+            return paper_images_keep_schedule()
         if self.target_prune_ratio is not None:
             return keep_schedule_to_target(self.prune_ratio_per_round, self.target_prune_ratio)
         return keep_schedule(self.prune_ratio_per_round, int(self.rounds or 0))
@@ -300,8 +305,10 @@ def run_sparse_flow(
 ) -> list[RoundResult]:
     """Algorithm 1 in one process: dense warm start, then prune / retrain rounds.
 
-    ``data`` has ``train``, ``val`` and ``test`` tensors (a
-    :class:`~pipeline_lib.data.DataSplits`). With ``workdir`` every round writes
+    ``data`` has ``train``, ``val`` and ``test`` tensors of the model's examples: a
+    :class:`~pipeline_lib.data.DataSplits` for a flow; for a classifier, an object holding
+    the rows ``[x, y]`` of each split
+    (:meth:`~pipeline_lib.families.ModelFamily.examples`). With ``workdir`` every round writes
     ``round{r:03d}.pt`` there, and a rerun resumes from what is already done.
     """
     total = len(prune_cfg.keep_ratios())

@@ -9,13 +9,19 @@ steps are testable without Snakemake.
 
 Files of one run (the layout documented in ``results/README.md``):
 
-- ``<round dir>/model.pt`` — weights, masks and the flow configuration of a finished round;
+- ``<round dir>/model.pt`` — weights, masks, the model family and its configuration of a
+  finished round;
 - ``<round dir>/round.json`` — the round's record (prune ratio, parameters, validation NLL,
   timings, early-stopping state, per-epoch history);
 - ``<round dir>/train_state.pt`` — the in-flight training checkpoint (not a workflow output:
   it survives a killed job so that the rerun resumes, and is removed when the round is done);
-- ``<round dir>/metrics/{nll,samples,hessian}.json``, ``snapshot.npz`` — test NLL, good
-  samples and the density / vector-field arrays of 2-D flows, Hessian metrics.
+- ``<round dir>/metrics/{nll,samples,hessian,robustness}.json``, ``snapshot.npz``,
+  ``boundary.npz`` — test NLL (a classifier's cross-entropy, with its accuracy), good samples
+  and the density / vector-field arrays of 2-D flows, Hessian metrics, and a classifier's
+  robustness with the arrays of its Fig. 9 panels.
+
+Every model family (:mod:`pipeline_lib.families`) goes through the same functions: the
+family decides how a model is built and which rows of the data it trains on.
 """
 
 from __future__ import annotations
@@ -29,10 +35,15 @@ from typing import Any
 
 import torch
 
-from pipeline_lib.data import DataSplits
+from pipeline_lib.data import DataSplits, load_splits
 from pipeline_lib.evaluation.nll import evaluate_nll
 from pipeline_lib.experiment import METRICS, DataConfig, EvaluationConfig, Experiment
-from pipeline_lib.flows import ContinuousFlow, FlowConfig, build_flow
+from pipeline_lib.families import (
+    FAMILIES,
+    build_model,
+    family_of_model,
+    model_config_from_dict,
+)
 from pipeline_lib.io import (
     DIGEST_KEY,
     UnreadableFileError,
@@ -66,9 +77,10 @@ def load_model(
     checkpoint: str | Path,
     device: str | torch.device = "cpu",
     expected_digest: str | None = None,
-) -> ContinuousFlow:
-    """Rebuild a flow from a round's ``model.pt`` (masks included), after verifying the digest
-    of its content and, if given, that it is the checkpoint a record names."""
+) -> torch.nn.Module:
+    """Rebuild a model from a round's ``model.pt`` (masks included), after verifying the
+    digest of its content and, if given, that it is the checkpoint a record names. The
+    checkpoint names its family (one written before families existed is a flow)."""
     state = load_checkpoint(checkpoint, fix=round_fix(checkpoint))
     if expected_digest is not None and state[DIGEST_KEY] != expected_digest:
         raise UnreadableFileError(
@@ -76,9 +88,11 @@ def load_model(
             "is not the checkpoint its round.json records (replaced after the round finished?)",
             round_fix(checkpoint),
         )
-    flow = build_flow(FlowConfig.from_dict(state["flow_config"]))
-    flow.load_state_dict(state["model"])
-    return flow.to(device)
+    family = state.get("family", "ffjord")
+    config = state.get("model_config", state.get("flow_config"))
+    model = build_model(model_config_from_dict(family, config))
+    model.load_state_dict(state["model"])
+    return model.to(device)
 
 
 def train_round(
@@ -142,18 +156,19 @@ def train_round(
         write_json(out_record, record.to_dict(), signed=True)
         return record
 
-    data = DataSplits.load(data_dir)
+    data = load_splits(data_dir)
+    family = FAMILIES[exp.family]
     device = torch.device(device)
     if prev_model is not None:
         model = load_model(prev_model, device, prev.model_digest)
     else:
         torch.manual_seed(seed)
-        model = build_flow(exp.flow_config(data.dim)).to(device)
+        model = build_model(exp.model_config(data.dim)).to(device)
     t0 = time.perf_counter()
     row = sparse_flow_round(
         model,
-        train_x=data.train,
-        val_x=data.val,
+        train_x=family.examples(data, "train"),
+        val_x=family.examples(data, "val"),
         train_cfg=exp.train_config(seed=seed, device=str(device)),
         method=method,
         keep=plan.keep,
@@ -170,7 +185,8 @@ def train_round(
         out_model,
         {
             "model": model.state_dict(),
-            "flow_config": exp.flow_config(data.dim).to_dict(),
+            "family": exp.family,
+            "model_config": exp.model_config(data.dim).to_dict(),
             "round": round_index,
             "method": method or "dense",
             "seed": seed,
@@ -216,47 +232,79 @@ def make_toy_data(dataset: str, data: DataConfig, out_dir: str | Path) -> DataSp
     return splits
 
 
-def _split_nll(ev: EvaluationConfig, model: ContinuousFlow, x: torch.Tensor, device, seed: int):
-    """NLL of one data split with the evaluation settings (``evaluation.trace``/``solver``)."""
+def _split_nll(ev: EvaluationConfig, model, x: torch.Tensor, device, seed: int):
+    """NLL of one split's examples with the evaluation settings (``evaluation.trace``/``solver``):
+    a flow's −log p(x), a classifier's cross-entropy."""
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     return evaluate_nll(
         model, x.to(device), ev.batch_size, solver=ev.solver, trace=ev.trace, generator=gen
     )
 
 
-def _test_nll(ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, device, seed: int):
+def _test_nll(ev: EvaluationConfig, model, data: DataSplits, device, seed: int):
+    """Test NLL (Tables 2–3, S4–S10); for a classifier, its cross-entropy and accuracy."""
+    family = family_of_model(model)
     t0 = time.perf_counter()
-    res = _split_nll(ev, model, data.test, device, seed)
+    res = _split_nll(ev, model, family.examples(data, "test"), device, seed)
     result = {
+        "family": family.name,
         "test_nll": res.nll,
         "test_nll_stderr": res.stderr,
-        "test_bits_per_dim": res.bits_per_dim,
         "n_test": res.n,
         "nfe_eval": res.nfe,
         "nll_unit": "nats",
-        "seconds": time.perf_counter() - t0,
     }
+    if family.supervised:
+        x, labels = data.test.to(device), data.test_labels.to(device)
+        predicted = torch.cat([model.predict(b, ev.solver) for b in x.split(ev.batch_size)])
+        result["test_accuracy"] = float((predicted == labels).double().mean())
+    else:
+        result["test_bits_per_dim"] = res.bits_per_dim
+    result["seconds"] = time.perf_counter() - t0
     log.info(
-        "test NLL %.4f ± %.4f nats (%d points, %.1f s)",
+        "test NLL %.4f ± %.4f nats%s (%d points, %.1f s)",
         res.nll,
         res.stderr,
+        f", accuracy {result['test_accuracy']:.4f}" if family.supervised else "",
         res.n,
         result["seconds"],
     )
     return result
 
 
-def _samples(
-    ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, device, seed: int, dataset: str
-):
+#: Images in the sample grid of an image flow's checkpoint (10 × 10).
+IMAGE_GRID = 100
+
+
+def _image_samples(ev: EvaluationConfig, model, device, seed: int):
+    """A grid of samples of an image flow from fixed latent noise (the same for every round of
+    a seed, so that the rounds are comparable): uint8 images ``(IMAGE_GRID, C, H, W)``."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        images = model.sample(
+            IMAGE_GRID, solver=ev.solver, generator=torch.Generator().manual_seed(seed)
+        )
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    result = {"enabled": True, "n_images": IMAGE_GRID, "seconds": time.perf_counter() - t0}
+    log.info("sample grid: %d images, %.1f s", IMAGE_GRID, result["seconds"])
+    return result, {"images": pixels, "available": np.array(True)}
+
+
+def _samples(ev: EvaluationConfig, model, data: DataSplits, device, seed: int, dataset: str):
     """Good-quality samples (§4.4, Table 4) where the data has Gaussian modes, and the density /
-    vector-field snapshot of Figs. 5–6, for 2-D toy flows."""
+    vector-field snapshot of Figs. 5–6, for 2-D toy flows; a sample grid for image flows."""
     from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS
     from pipeline_lib.evaluation.density import flow_snapshot
     from pipeline_lib.evaluation.modes import evaluate_modes
 
     cfg = ev.samples
-    if not cfg.enabled or data.dim != 2:
+    if not cfg.enabled or "samples" not in family_of_model(model).metrics:
+        return {"enabled": False}, None
+    if family_of_model(model).name == "multiscale":
+        return _image_samples(ev, model, device, seed)
+    if data.dim != 2:
         return {"enabled": False}, None
     gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     t0 = time.perf_counter()
@@ -286,17 +334,19 @@ def _samples(
     return result, snap.to_npz()
 
 
-def _hessian(ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, device, seed: int):
+def _hessian(ev: EvaluationConfig, model, data: DataSplits, device, seed: int):
     """Hessian eigen-analysis on training data (§4.5, Table 5, S11–S12): λ_max, trace and κ of
     the NLL Hessian restricted to the unpruned parameters, with the NLL of the whole training
-    split beside them (Table S11's NLL column is the training NLL)."""
+    split beside them (Table S11's NLL column is the training NLL). A classifier's is the
+    Hessian of its cross-entropy."""
     from pipeline_lib.evaluation.hessian import hessian_metrics
 
     if not ev.hessian.enabled:
         return {"enabled": False}
     cfg = replace(ev.hessian, seed=seed, noise_seed=seed)
-    result = {"enabled": True, **hessian_metrics(model, data.train.to(device), cfg)}
-    train = _split_nll(ev, model, data.train, device, seed)
+    train_examples = family_of_model(model).examples(data, "train").to(device)
+    result = {"enabled": True, **hessian_metrics(model, train_examples, cfg)}
+    train = _split_nll(ev, model, train_examples, device, seed)
     result.update(train_nll=train.nll, train_nll_stderr=train.stderr, n_train=train.n)
     log.info(
         "Hessian: λ_max %.4g, trace %.4g, κ %.4g (%d HVPs, %.1f s); training NLL %.4f nats",
@@ -308,6 +358,43 @@ def _hessian(ev: EvaluationConfig, model: ContinuousFlow, data: DataSplits, devi
         result["train_nll"],
     )
     return result
+
+
+def _robustness(ev: EvaluationConfig, model, data: DataSplits, device, seed: int):
+    """Robustness of a classifier's decision boundary on the test set (§4.6): boundary
+    distances (mean, 5th percentile) and accuracy under Gaussian input noise, with the arrays
+    of its Fig. 9 row (decision boundary, state space, trajectories) for 2-D inputs."""
+    from pipeline_lib.evaluation.robustness import classifier_robustness, classifier_snapshot
+
+    cfg = ev.robustness
+    if not cfg.enabled or "robustness" not in family_of_model(model).metrics:
+        return {"enabled": False}, None
+    t0 = time.perf_counter()
+    x, labels = data.test.to(device), data.test_labels.to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        return model.predict(batch, ev.solver)
+
+    result = {"enabled": True, **classifier_robustness(predict, x, labels, cfg, generator=gen)}
+    snapshot = (
+        classifier_snapshot(model, x, labels, cfg, generator=gen, solver=ev.solver)
+        if data.dim == 2
+        else None
+    )
+    result["seconds"] = time.perf_counter() - t0
+    log.info(
+        "robustness: boundary distance mean %.4f, 5th percentile %.4f; noisy accuracy %s (%.1f s)",
+        result["boundary_distance_mean"],
+        result["boundary_distance_p5"],
+        result["noise_accuracy"],
+        result["seconds"],
+    )
+    return result, snapshot
+
+
+#: The array file beside a metric's JSON (:data:`~pipeline_lib.layout.METRIC_FILES`).
+_ARRAYS = {"samples": "snapshot", "robustness": "boundary"}
 
 
 def evaluate_metric(
@@ -322,45 +409,50 @@ def evaluate_metric(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict:
-    """Evaluate one metric of one checkpoint (``metric`` in ``nll``, ``samples``, ``hessian``)
+    """Evaluate one metric of one checkpoint (one of :data:`~pipeline_lib.experiment.METRICS`)
     with the ``evaluation`` settings and write ``out``: ``{"nll": file}``,
-    ``{"hessian": file}`` or ``{"samples": file, "snapshot": file}``. ``dataset`` says
-    whether the data has Gaussian modes to count good samples of. Each file names the
-    checkpoint it measured. Rounds skipped after an early stop are not evaluated again (their
-    files say ``skipped``); a part that does not apply says ``enabled: false``.
+    ``{"hessian": file}``, ``{"samples": file, "snapshot": file}`` or
+    ``{"robustness": file, "boundary": file}``. ``dataset`` says whether the data has
+    Gaussian modes to count good samples of. Each file names the checkpoint it measured.
+    Rounds skipped after an early stop are not evaluated again (their files say ``skipped``);
+    a metric or part that does not apply to the model says ``enabled: false``.
     """
     import numpy as np
 
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose among {list(METRICS)}")
     record = read_record(record_path)
-    snapshot = None
+    arrays = None
     if record.get("skipped"):
         result: dict = {"skipped": True}
     else:
-        data = DataSplits.load(data_dir)
+        data = load_splits(data_dir)
         model = load_model(model_path, device, record["model_digest"])
         if metric == "samples":
-            result, snapshot = _samples(evaluation, model, data, device, seed, dataset)
+            result, arrays = _samples(evaluation, model, data, device, seed, dataset)
+        elif metric == "robustness":
+            result, arrays = _robustness(evaluation, model, data, device, seed)
         else:
             measure = {"nll": _test_nll, "hessian": _hessian}[metric]
             result = measure(evaluation, model, data, device, seed)
-    if "snapshot" in out:
-        # the snapshot names its checkpoint, so the figures never parse its path
+    array_file = _ARRAYS.get(metric)
+    if array_file in out:
+        # the arrays name their checkpoint, so the figures never parse a path
         key = {k: np.array(record[k]) for k in ("experiment", "seed", "method", "round")}
-        write_npz(out["snapshot"], {**(snapshot or {"available": np.array(False)}), **key})
+        write_npz(out[array_file], {**(arrays or {"available": np.array(False)}), **key})
     write_json(out[metric], {**result, "model_digest": record["model_digest"]}, signed=True)
     return result
 
 
 def evaluate_checkpoint(exp: Experiment, *, out: dict[str, str | Path], **where: Any) -> dict:
-    """Every metric of one checkpoint: :func:`evaluate_metric` for each, with the
-    experiment's evaluation settings and the same keyword arguments (``data_dir``,
-    ``model_path``, ``record_path``, ``device``, ``seed``); ``out`` maps ``nll``, ``samples``,
-    ``snapshot``, ``hessian`` to the files to write."""
+    """Every metric of one checkpoint that applies to the experiment's model family:
+    :func:`evaluate_metric` for each, with the experiment's evaluation settings and the same
+    keyword arguments (``data_dir``, ``model_path``, ``record_path``, ``device``, ``seed``);
+    ``out`` maps the keys of :data:`~pipeline_lib.layout.METRIC_FILES` (``nll``, ``samples``,
+    ``snapshot``, ``hessian``, ``robustness``, ``boundary``) to the files to write."""
     results = {}
-    for metric in METRICS:
-        keys = ("samples", "snapshot") if metric == "samples" else (metric,)
+    for metric in FAMILIES[exp.family].metrics:
+        keys = (metric, _ARRAYS[metric]) if metric in _ARRAYS else (metric,)
         results[metric] = evaluate_metric(
             metric,
             exp.evaluation,

@@ -1,5 +1,9 @@
 """Training of a flow by maximum likelihood: the TRAIN step of Algorithm 1 (Sparse Flows §3.2).
 
+Every model family trains here (:mod:`pipeline_lib.families`): the loop shuffles and batches
+the rows of its examples and minimizes the mean of ``-model(batch).log_prob``, a flow's NLL of
+the data or a classifier's cross-entropy (the NLL of the labels).
+
 Adam or AdamW with (β1, β2) and weight decay, a step learning-rate schedule (×γ at milestone
 epochs; Tables S1–S3), validation every epoch (or every k-th and the last), a checkpoint every
 epoch from which a killed run resumes where it stopped, full batches replayed from a CUDA graph

@@ -271,3 +271,44 @@ def make_maf_tree(root: Path, sizes: MafRawSizes = MafRawSizes(), seed: int = 0)
         ):
             handle.create_dataset(key, data=rng.uniform(-0.5, 0.5, (n, 63)))
     return data
+
+
+# -- synthetic image files in the formats of MNIST and CIFAR-10 ----------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """A gzip IDX file of unsigned bytes: 0, 0, type 0x08, ndim, big-endian sizes, values."""
+    import gzip
+    import struct
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", s) for s in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_mirror(
+    directory: Path, n_train: int = 60, n_test: int = 12, size: int = 8, seed: int = 0
+) -> dict[str, str]:
+    """The four MNIST files (reference names) with synthetic ``size``×``size`` images (a
+    bright square on a dark ground, placed at random) in ``directory``; returns their MD5s
+    by file name, for ``data.image_md5``."""
+    import hashlib
+
+    rng = np.random.default_rng(seed)
+
+    def images(n: int) -> np.ndarray:
+        out = rng.integers(0, 30, size=(n, size, size))
+        for image in out:
+            r, c = rng.integers(0, size - 2, size=2)
+            image[r : r + 3, c : c + 3] = rng.integers(180, 256)
+        return out
+
+    content = {
+        "train-images-idx3-ubyte.gz": idx_bytes(images(n_train)),
+        "train-labels-idx1-ubyte.gz": idx_bytes(np.arange(n_train) % 10),
+        "t10k-images-idx3-ubyte.gz": idx_bytes(images(n_test)),
+        "t10k-labels-idx1-ubyte.gz": idx_bytes(np.arange(n_test) % 10),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in content.items():
+        (directory / name).write_bytes(data)
+    return {name: hashlib.md5(data).hexdigest() for name, data in content.items()}

@@ -120,8 +120,13 @@ def test_tiny_run_writes_section_json_and_summary(tmp_path):
     assert all(r["test_nll"] is not None for r in ttq["runs"])
     hessian = json.loads((tmp_path / "hessian.json").read_text())["results"]["rows"]
     assert all(r["n_hvp"] > 0 for r in hessian)
+    images = json.loads((tmp_path / "images.json").read_text())["results"]["rows"]
+    rnode = next(r for r in images if r["variant"].startswith("RNODE"))
+    # rk4 step 0.25 over [0, 1] in each of the 2-scale flow's 3 blocks: 3 · 4 · 4 evaluations
+    assert rnode["nfe_forward_backward"]["median"] == 48 and rnode["epoch_hours"] > 0
     assert (tmp_path / "summary.md").read_text() == summary
-    for title in ("toy (Table S1)", "tabular size", "Time to quality", "Hessian", "Sampling"):
+    for title in ("toy (Table S1)", "tabular size", "Time to quality", "Hessian", "Sampling",
+                  "Image flows"):  # fmt: skip
         assert title in summary
     assert "ref/ours ms/iter" in summary and "| 1 | reference" in summary
 

@@ -174,3 +174,40 @@ def test_resumed_gpu_round_with_hutchinson_noise_matches_an_uninterrupted_one(tm
     assert res.resumed_from_epoch == 1
     for a, b in zip(weights(clean), weights(resumed), strict=True):
         assert torch.equal(a, b)
+
+
+def test_classifier_trains_and_is_measured_on_cuda_as_on_cpu():
+    """The §4.6 classifier on the GPU: the cross-entropy, a training run's weights and the
+    robustness numbers equal the CPU's."""
+    from pipeline_lib.classifier import ClassifierConfig, build_classifier, labelled_examples
+    from pipeline_lib.evaluation.robustness import (
+        RobustnessConfig,
+        classifier_robustness,
+        classifier_snapshot,
+    )
+
+    x, _ = four_modes(256)
+    labels = (x[:, 0] * x[:, 1] > 0).long()
+    examples = labelled_examples(x, labels)
+    solver = SolverConfig(method="dopri5", rtol=1e-8, atol=1e-8)
+    cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=64, seed=0)
+
+    def run(device):
+        torch.manual_seed(0)
+        model = build_classifier(ClassifierConfig(dim=2, hidden_dims=(16,), solver=solver))
+        model = model.double()
+        train(model, examples, examples, replace(cfg, device=str(device)))
+        rob = RobustnessConfig(grid_resolution=50, noise_draws=2, snapshot_resolution=10)
+        xs, ys = x.to(device), labels.to(device)
+        gen = torch.Generator().manual_seed(0)
+        measured = classifier_robustness(model.predict, xs, ys, rob, generator=gen)
+        snap = classifier_snapshot(model, xs, ys, rob, generator=gen)
+        weights = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+        return weights, measured, snap
+
+    w_cpu, m_cpu, s_cpu = run("cpu")
+    w_gpu, m_gpu, s_gpu = run(CUDA)
+    assert (w_gpu - w_cpu).norm() <= 1e-6 * w_cpu.norm()
+    assert m_gpu["noise_accuracy"] == m_cpu["noise_accuracy"]
+    assert abs(m_gpu["boundary_distance_mean"] - m_cpu["boundary_distance_mean"]) < 1e-3
+    torch.testing.assert_close(torch.tensor(s_gpu["prob"]), torch.tensor(s_cpu["prob"]))

@@ -40,8 +40,20 @@ RUNTIME_ONLY = {
     },
     "HessianConfig": {"seed", "noise_seed", "solver", "reuse_graph", "params"},
     "PruneConfig": {"method"},
+    "ClassifierConfig": {"dim", "solver"},
+    # alpha is the released logit transform's; hflip follows the data set (CIFAR-10)
+    "MultiscaleConfig": {"dim", "solver", "alpha", "hflip"},
 }
-SCHEMA_ONLY = {"FlowConfig": {"family"}, "PruneConfig": {"methods"}}
+#: Keys the schema fills no default for (so that the settings hash of an experiment that leaves
+#: them out does not depend on them); their dataclass default is None.
+UNFILLED = {"DataConfig": {"subset"}}
+SCHEMA_ONLY = {
+    "FlowConfig": {"family"},
+    "PruneConfig": {"methods"},
+    # the model section holds the keys of every family (each keeps the others' defaults)
+    "ClassifierConfig": {"family", "num_blocks", "layer_type", "train_T", "trace", "noise"},
+    "MultiscaleConfig": {"family", "layer_type"},
+}
 
 
 def _plain(value):
@@ -56,7 +68,9 @@ def test_every_schema_default_is_the_dataclass_default():
 
     import yaml
 
+    from pipeline_lib.classifier import ClassifierConfig
     from pipeline_lib.evaluation.hessian import HessianConfig
+    from pipeline_lib.evaluation.robustness import RobustnessConfig
     from pipeline_lib.experiment import (
         SCHEMA,
         DataConfig,
@@ -64,6 +78,7 @@ def test_every_schema_default_is_the_dataclass_default():
         SamplesConfig,
     )
     from pipeline_lib.flows import FlowConfig, SolverConfig
+    from pipeline_lib.flows.multiscale import MultiscaleConfig
     from pipeline_lib.sparse_flow import PruneConfig
     from pipeline_lib.training import TrainConfig
 
@@ -78,6 +93,9 @@ def test_every_schema_default_is_the_dataclass_default():
         EvaluationConfig: evaluation,
         SamplesConfig: evaluation["samples"]["properties"],
         HessianConfig: evaluation["hessian"]["properties"],
+        RobustnessConfig: evaluation["robustness"]["properties"],
+        ClassifierConfig: props["model"]["properties"],
+        MultiscaleConfig: props["model"]["properties"],
         PruneConfig: props["prune"]["properties"],
     }
     for cls, entries in sections.items():
@@ -89,7 +107,11 @@ def test_every_schema_default_is_the_dataclass_default():
             f = own[key]
             default = f.default if f.default is not MISSING else f.default_factory()
             if dataclasses.is_dataclass(default):  # a nested section: compared on its own
-                assert entries[key]["default"] == {}, f"{name}.{key}"
+                # filled in as {} (or, as robustness, left out so existing hashes hold)
+                assert entries[key].get("default", {}) == {}, f"{name}.{key}"
+                continue
+            if "default" not in entries[key]:
+                assert key in UNFILLED.get(name, set()) and default is None, f"{name}.{key}"
                 continue
             assert entries[key]["default"] == _plain(default), f"{name}.{key}"
 
@@ -121,7 +143,7 @@ def test_load_experiments_builds_one_frozen_typed_experiment():
     assert isinstance(exp.model, FlowConfig) and exp.model.hidden_dims == (16,)
     assert exp.family == "ffjord" and exp.train.lr == 0.02 and exp.seeds == (0, 2)
     assert exp.rounds == 29 and exp.methods == ("structured",) and exp.data_id == "gaussians"
-    assert exp.flow_config(2).dim == 2 and exp.train_config(seed=2).seed == 2
+    assert exp.model_config(2).dim == 2 and exp.train_config(seed=2).seed == 2
     assert exp.runs()[:2] == [(None, 0, 0), ("structured", 0, 1)] and len(exp.runs()) == 60
     # a job rebuilds the same experiment from its params
     assert Experiment.from_dict(exp.name, exp.to_dict()) == exp
@@ -165,3 +187,39 @@ def test_nested_errors_name_their_key_once():
         load_experiments({"experiments": {"x": bad}})
     assert str(err.value).count("invalid configuration") == 1
     assert "'experiments.x.evaluation.solver'" in str(err.value)
+
+
+def test_a_classifier_experiment_is_a_model_family():
+    """The §4.6 classifier: its own model keys, its metrics, labelled data required."""
+    import pytest
+
+    from pipeline_lib.classifier import ClassifierConfig
+    from pipeline_lib.experiment import load_experiments
+
+    entry = {
+        "dataset": "moons",
+        "model": {"family": "classifier", "hidden_dims": [128], "activation": "tanh"},
+        "solver": {"method": "dopri5", "rtol": 1e-4, "atol": 1e-4, "adjoint": True},
+        "evaluation": {"robustness": {"sigmas": [0.1]}},
+    }
+    exp = load_experiments({"experiments": {"m": entry}})["m"]
+    assert exp.family == "classifier" and isinstance(exp.model, ClassifierConfig)
+    cfg = exp.model_config(2)
+    assert cfg.hidden_dims == (128,) and cfg.solver.adjoint and cfg.dim == 2
+    assert [m for m in ("nll", "samples", "hessian", "robustness") if exp.evaluates(m)] == [
+        "nll",
+        "hessian",
+        "robustness",
+    ]
+    assert exp.evaluation.robustness.sigmas == (0.1,)
+    assert exp.metric_settings("robustness")["evaluation"]["robustness"]["sigmas"] == [0.1]
+    # robustness settings never retrain; an experiment without them keeps its hash
+    assert "robustness" not in exp.rerun_key["evaluation"]
+    flow = load_experiments({"experiments": {"g": {"dataset": "gaussians"}}})["g"]
+    assert "robustness" not in flow.spec["evaluation"] and not flow.evaluates("robustness")
+    bad = {**entry, "model": {**entry["model"], "layer_type": "concat"}}
+    with pytest.raises(ValueError, match=r"'experiments\.m\.model\.layer_type'.*classifier"):
+        load_experiments({"experiments": {"m": bad}})
+    for dataset in ("power", "gaussians"):  # no labels; six classes for two logits
+        with pytest.raises(ValueError, match=r"'experiments\.m\.dataset'.*two-class"):
+            load_experiments({"experiments": {"m": {**entry, "dataset": dataset}}})

@@ -434,6 +434,21 @@ def test_paper_toy_keep_schedule():
     assert np.diff(schedule[20:]) == pytest.approx([-0.02] * 8)
 
 
+def test_paper_images_keep_schedule():
+    """The released image schedule: 12 keep ratios, geometric from 0.80 to 0.05 (a factor
+    (0.05 / 0.8)^(1/11) ≈ 0.777 per round, Table S3's "PR 22 %")."""
+    from pipeline_lib.pruning import paper_images_keep_schedule
+
+    schedule = paper_images_keep_schedule()
+    assert len(schedule) == 12 and schedule[0] == pytest.approx(0.8)
+    assert schedule[-1] == pytest.approx(0.05)
+    factor = (0.05 / 0.8) ** (1 / 11)
+    assert [b / a for a, b in zip(schedule, schedule[1:], strict=False)] == pytest.approx(
+        [factor] * 11
+    )
+    assert 1 - factor == pytest.approx(0.22, abs=0.005)
+
+
 def test_keep_schedule_to_target():
     # brute force: smallest n with 0.9**n <= 0.1 is 22 (0.9**21 = 0.109..., 0.9**22 = 0.098...)
     n = next(n for n in range(1, 100) if 0.9**n <= 0.1)

@@ -182,7 +182,7 @@ def test_snapshots_name_their_checkpoint_inside(tmp_path):
     import numpy as np
 
     from pipeline_lib.io import write_npz
-    from pipeline_lib.reporting.figures import _load_snapshots
+    from pipeline_lib.reporting.figures import _load_arrays
 
     grid = {"log_density": np.zeros((4, 4)), "available": np.array(True)}
     a, b, c = tmp_path / "a.npz", tmp_path / "x" / "b.npz", tmp_path / "c.npz"
@@ -192,7 +192,10 @@ def test_snapshots_name_their_checkpoint_inside(tmp_path):
                   "method": np.array("structured"), "round": np.array(7)})  # fmt: skip
     write_npz(c, {"available": np.array(False), "experiment": np.array("e1"),
                   "seed": np.array(2), "method": np.array("structured"), "round": np.array(8)})  # fmt: skip
-    assert sorted(_load_snapshots([a, b, c])) == [("e1", 2, "dense", 0), ("e1", 2, "structured", 7)]
+    assert sorted(_load_arrays([a, b, c], "log_density")) == [
+        ("e1", 2, "dense", 0),
+        ("e1", 2, "structured", 7),
+    ]
 
 
 def test_published_nll_curve_reads_the_papers_tables():
@@ -266,3 +269,37 @@ def test_reporting_imports_neither_torch_nor_the_stages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_classifier_rows_have_their_own_table_not_the_nll_table(tmp_path):
+    """A flow and a classifier on the same data set: the NLL table keeps the flow (the
+    classifier's NLL is its cross-entropy), the classifier table has the classifier, with
+    accuracy and robustness per round as mean ± std over seeds."""
+    from pipeline_lib.reporting.tables import classifier_table, write_classifier_table
+
+    flows = synthetic_summary().assign(family="ffjord")
+    flows = flows[flows.dataset == "gaussians"]
+    clf = flows.assign(
+        experiment="c",
+        family="classifier",
+        test_nll=0.5,
+        test_accuracy=lambda d: 1.0 - 0.1 * d["round"] - 0.01 * d["seed"],
+        boundary_distance_mean=0.3,
+        boundary_distance_p5=0.1,
+        **{"noise_accuracy_0.1": 0.9},
+    )
+    summary = pd.concat([flows, clf], ignore_index=True)
+    table = nll_table(summary, "gaussians", None)
+    assert set(table["experiment"]) == {"g"}
+    ours = classifier_table(summary)
+    assert set(ours["experiment"]) == {"c"} and len(ours) == 6
+    r2 = ours[(ours["method"] == "structured") & (ours["round"] == 2)].iloc[0]
+    assert r2["test_accuracy_mean"] == pytest.approx(0.79) and r2["seeds"] == 3
+    assert r2["test_accuracy_std"] == pytest.approx(0.01)
+    path = tmp_path / "summary.parquet"
+    summary.to_parquet(path)
+    md = tmp_path / "c.md"
+    write_classifier_table(path, md, tmp_path / "c.csv", tmp_path / "c.tex")
+    assert "0.790 ± 0.010" in md.read_text() and "acc. σ=0.1" in md.read_text()
+    with pytest.raises(ValueError, match="no classifier rows"):
+        classifier_table(flows)

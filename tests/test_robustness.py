@@ -73,3 +73,48 @@ def test_distances_to_a_curved_boundary():
     spacing = span / 399
     assert bool((d >= true - 1e-6).all())
     assert float((d - true).max()) <= 2 * spacing
+
+
+def test_classifier_robustness_and_its_config():
+    import pytest
+
+    from pipeline_lib.evaluation.robustness import RobustnessConfig, classifier_robustness
+
+    x = points(100, seed=3)
+    cfg = RobustnessConfig(sigmas=(0.1,), noise_draws=3, grid_resolution=300, tol=1e-7)
+    got = classifier_robustness(linear, x, linear(x), cfg, torch.Generator().manual_seed(0))
+    true = (x @ W + B).abs() / W.norm()
+    assert math.isclose(got["boundary_distance_mean"], float(true.mean()), abs_tol=0.05)
+    assert got["boundary_points"] == 100 and set(got["noise_accuracy"]) == {"0.1"}
+    assert RobustnessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="robustness.sigmas"):
+        RobustnessConfig(sigmas=(0.0,))
+
+
+def test_fig9_snapshot_of_a_neural_ode_classifier():
+    """The Fig. 9 arrays: class-1 probability in [0, 1], the field and its magnitude as the
+    network computes them on the grid, and trajectories that start at the test points."""
+    from pipeline_lib.classifier import ClassifierConfig, build_classifier
+    from pipeline_lib.evaluation.robustness import RobustnessConfig, classifier_snapshot
+    from pipeline_lib.flows import SolverConfig
+
+    torch.manual_seed(0)
+    solver = SolverConfig(method="rk4", step_size=0.1)
+    model = build_classifier(ClassifierConfig(dim=2, hidden_dims=(8,), solver=solver))
+    x = points(30).float()
+    labels = linear(x.double())
+    cfg = RobustnessConfig(snapshot_resolution=12, trajectories=5, trajectory_steps=6)
+    snap = classifier_snapshot(model, x, labels, cfg, torch.Generator().manual_seed(0))
+    assert snap["prob"].shape == (12, 12) and 0 <= snap["prob"].min() <= snap["prob"].max() <= 1
+    gx, gy = torch.tensor(snap["grid_x"]), torch.tensor(snap["grid_y"])
+    z = torch.stack([gx[4], gy[7]])[None]
+    with torch.no_grad():
+        f = model.field.net(torch.zeros(()), z)[0]
+        p1 = torch.softmax(model.logits(z), 1)[0, 1]
+    torch.testing.assert_close(torch.tensor(snap["field"][7, 4]), f)  # row = y, column = x
+    assert math.isclose(snap["speed"][7, 4], float(f.norm()), rel_tol=1e-5)
+    assert math.isclose(snap["prob"][7, 4], float(p1), rel_tol=1e-5)
+    traj = torch.tensor(snap["trajectories"])
+    assert traj.shape == (6, 5, 2) and snap["times"][-1] == 1.0
+    starts = {tuple(r) for r in x.numpy().round(5).tolist()}
+    assert all(tuple(r) in starts for r in traj[0].numpy().round(5).tolist())

@@ -13,9 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from data_helpers import write_mnist_mirror
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -83,8 +85,9 @@ def dry_run(configfile: Path, tmp_path: Path) -> dict[str, int]:
 @pytest.mark.parametrize(
     "name, datasets, seeds, rounds_of",
     [
-        ("config/config.yaml", 3, 1, None),
-        ("config/paper/toy.yaml", 3, 3, None),
+        ("config/config.yaml", 4, 1, None),
+        ("config/paper/toy.yaml", 4, 3, None),
+        ("config/paper/moons.yaml", 1, 1, None),
         ("config/paper/tabular.yaml", 5, 3, None),
         ("config/paper/ablation.yaml", 25, 3, None),
         ("config/paper/gaussians.yaml", 1, 3, None),
@@ -92,6 +95,8 @@ def dry_run(configfile: Path, tmp_path: Path) -> dict[str, int]:
         ("config/paper/gaussians_l4h64.yaml", 1, 1, None),
         ("config/paper/spirals.yaml", 2, 1, None),
         ("config/paper/gaussians_concatsquash.yaml", 1, 1, None),
+        ("config/paper/images.yaml", 3, 1, None),
+        ("config/paper/images_smoke.yaml", 1, 1, None),
     ],
 )
 def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
@@ -99,10 +104,10 @@ def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
     counts = dry_run(REPO / name, tmp_path)
     exps = cfg["experiments"]
     # rounds per experiment, computed here from the config independently of the workflow;
-    # every checkpoint gets an NLL job, one for samples (2-D data) and one for the Hessian
-    # unless they are disabled
+    # every checkpoint gets an NLL job, one for samples (2-D flows) or robustness
+    # (classifiers) and one for the Hessian unless they are disabled
     total_rounds = 0
-    checkpoints = {"nll": 0, "samples": 0, "hessian": 0}
+    checkpoints = {"nll": 0, "samples": 0, "hessian": 0, "robustness": 0}
     for exp in exps.values():
         p = exp["prune"]
         sweep = exp.get("sweep") or {}
@@ -111,6 +116,8 @@ def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
             n_combos *= len(values)
         if p.get("schedule") == "paper_toy":
             r = 29
+        elif p.get("schedule") == "paper_images":
+            r = 12
         elif p.get("target_prune_ratio"):
             r, keep = 0, 1.0
             while 1 - keep < p["target_prune_ratio"] - 1e-12:
@@ -123,28 +130,35 @@ def test_dry_run_plans_every_stage(tmp_path, name, datasets, seeds, rounds_of):
         n = chain + n_combos * len(exp["seeds"])
         ev = exp.get("evaluation") or {}
         checkpoints["nll"] += n
-        if exp["dataset"] not in TABULAR:  # every other data set here is 2-D
+        classifier = (exp.get("model") or {}).get("family") == "classifier"
+        if classifier:
+            enabled = (ev.get("robustness") or {}).get("enabled", True)
+            checkpoints["robustness"] += n if enabled else 0
+        elif exp["dataset"] not in TABULAR:  # every other data set here is 2-D
             checkpoints["samples"] += n if (ev.get("samples") or {}).get("enabled", True) else 0
         checkpoints["hessian"] += n if (ev.get("hessian") or {}).get("enabled", True) else 0
     assert counts["train_dense"] == datasets * seeds
     assert counts["prune_round"] == total_rounds
     assert counts["evaluate_nll"] == datasets * seeds + total_rounds == checkpoints["nll"]
-    for metric in ("samples", "hessian"):
+    for metric in ("samples", "hessian", "robustness"):
         assert counts.get(f"evaluate_{metric}", 0) == checkpoints[metric]
-    assert counts["summary"] == 1 and counts["nll_figure"] == 1
-    assert counts["nll_table"] == len({e["dataset"] for e in exps.values()})
+    flows = {
+        e["dataset"]
+        for e in exps.values()
+        if (e.get("model") or {}).get("family") in (None, "multiscale")
+    }
+    assert counts["summary"] == 1 and counts.get("nll_figure", 0) == min(1, len(flows))
+    assert counts.get("nll_table", 0) == len(flows)
+    with_classifier = int(checkpoints["robustness"] > 0)
+    assert counts.get("classifier_table", 0) == with_classifier
+    assert counts.get("decision_boundaries", 0) == with_classifier
+    images = {e["dataset"] for e in exps.values() if e["dataset"] in ("mnist", "cifar10")}
+    assert counts.get("image_data", 0) == len(images)
+    assert counts.get("sample_grids", 0) == min(1, len(images))
     if "tabular" in name:
         assert counts["download_maf"] == 1 and counts["tabular_data"] == 5
         # rounds to the last published row of Tables S4-S8 (POWER, GAS, HEPMASS, MINIBOONE, BSDS300)
         assert total_rounds == 3 * 2 * (8 + 8 + 12 + 18 + 8)
-
-
-def test_images_config_plans_nothing_yet(tmp_path):
-    res = snakemake(
-        ["-n", "--cores", "1", "--configfile", str(REPO / "config/paper/images.yaml")], tmp_path
-    )
-    assert res.returncode == 0, res.stderr
-    assert "prune_round" not in res.stdout
 
 
 @pytest.mark.parametrize(
@@ -256,8 +270,10 @@ def tiny_config(
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """One tiny study run end to end (workdir, configfile), shared by the tests below: the
-    ``tiny`` experiment (both methods, 2 rounds, every metric) and ``stopper`` (early stop
-    after round 1 of 3)."""
+    ``tiny`` experiment (both methods, 2 rounds, every metric), ``stopper`` (early stop
+    after round 1 of 3), ``clf``, a neural-ODE classifier on the moons (§4.6), and ``img``, a
+    multiscale image flow on a tiny synthetic set in MNIST's file format, read from a mirror
+    directory (§4.3)."""
     workdir = tmp_path_factory.mktemp("tiny_run")
     stop = {
         "dataset": "gaussians",
@@ -274,8 +290,45 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
             "min_delta": 1.0e9,
         },
     }
-    cfg = tiny_config(workdir, extra={"stopper": stop})
+    clf = {
+        "dataset": "moons",
+        "data": {"n_samples": 400},
+        "model": {"family": "classifier", "hidden_dims": [16]},
+        "solver": {"method": "rk4", "step_size": 0.25},
+        "train": {"lr": 1.0e-2, "epochs": 3, "batch_size": 128},
+        "evaluation": {
+            "hessian": {"power_iters": 5, "lanczos_steps": 5, "lanczos_runs": 1},
+            "robustness": {
+                "grid_resolution": 40,
+                "noise_draws": 2,
+                "snapshot_resolution": 16,
+                "trajectories": 8,
+                "trajectory_steps": 5,
+            },
+        },
+        "prune": {
+            "methods": ["unstructured", "structured"],
+            "prune_ratio_per_round": 0.3,
+            "rounds": 2,
+        },  # fmt: skip
+    }
+    img = {
+        "dataset": "mnist",
+        "model": {"family": "multiscale", "hidden_dims": [4], "activation": "softplus"},
+        "solver": {"method": "rk4", "step_size": 0.5},
+        "train": {"epochs": 1, "batch_size": 25},
+        "evaluation": {
+            "batch_size": 50,
+            "hessian": {"num_points": 4, "power_iters": 2, "lanczos_steps": 3,
+                        "lanczos_runs": 1, "trace_samples": 2},
+        },
+        "prune": {"methods": ["unstructured", "structured"], "prune_ratio_per_round": 0.3,
+                  "rounds": 2},
+    }  # fmt: skip
+    cfg = tiny_config(workdir, extra={"stopper": stop, "clf": clf, "img": img})
     tiny_cfg = yaml.safe_load(cfg.read_text())
+    mirror = workdir / "mirror"
+    tiny_cfg["data"] = {"mirror": str(mirror), "image_md5": write_mnist_mirror(mirror)}
     tiny_cfg["experiments"]["tiny"]["train"]["val_every"] = 2  # reaches the jobs untracked
     cfg.write_text(yaml.safe_dump(tiny_cfg))
     # no wall-time assertion: the run's time is measured in docs/REPRODUCTION.md, and a
@@ -308,6 +361,22 @@ def test_tiny_run_summary_has_every_round_and_metric(tiny_run):
     assert sorted(tiny.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
     assert tiny["test_nll"].notna().all()
     assert tiny["lambda_max"].notna().all() and tiny["good_pct_3"].between(0, 100).all()
+    assert (tiny["family"] == "ffjord").all() and tiny["test_accuracy"].isna().all()
+    # the classifier: same rounds, its cross-entropy as the NLL, accuracy and robustness
+    clf = df[df.experiment == "clf"]
+    assert sorted(clf.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
+    assert (clf["family"] == "classifier").all() and clf["test_accuracy"].between(0, 1).all()
+    assert clf["test_nll"].gt(0).all() and clf["lambda_max"].notna().all()
+    assert (clf["boundary_distance_p5"] <= clf["boundary_distance_mean"]).all()
+    assert clf["noise_accuracy_0.1"].between(0, 1).all()
+    assert clf["good_pct_3"].isna().all()  # good samples are a flow's metric
+    # the image flow: bits/dim of the 8-bit images, = NLL / (D log 2), D = 64 pixels
+    img = df[df.experiment == "img"]
+    assert sorted(img.groupby("method")["round"].apply(list).sum()) == [0, 0, 1, 1, 2, 2]
+    assert (img["family"] == "multiscale").all() and img["lambda_max"].notna().all()
+    bits = img["test_nll"] / (64 * np.log(2))
+    np.testing.assert_allclose(img["test_bits_per_dim"], bits, rtol=1e-9)
+    assert (img["test_bits_per_dim"] > 0).all()  # an 8-bit image has a probability below 1
 
 
 def test_tiny_run_early_stop_leaves_pass_through_rounds(tiny_run):
@@ -324,6 +393,15 @@ def test_tiny_run_tables_figures_and_progress_logs(tiny_run):
     results = tiny_run[0] / "results"
     assert (results / "tables/nll_gaussians.md").read_text().count("tiny") >= 3
     assert (results / "figures/nll_vs_prune_ratio.png").stat().st_size > 10_000
+    table = (results / "tables/classifier.md").read_text()
+    assert table.count("| clf ") == 6 and "acc. σ=0.2" in table
+    for figure in ("decision_boundaries", "classifier_vs_prune_ratio"):
+        assert (results / f"figures/{figure}.png").stat().st_size > 10_000
+    assert not (results / "tables/nll_moons.md").exists()
+    assert "bits/dim" in (results / "tables/nll_mnist.md").read_text()
+    assert (results / "figures/sample_grids.png").stat().st_size > 5_000
+    grid = np.load(results / "img/seed0/structured/round002/metrics/snapshot.npz")["images"]
+    assert grid.shape == (100, 1, 8, 8) and grid.dtype == np.uint8
     # progress in the logs: epochs, NFE, round r of R
     log = (results / "logs/tiny/seed0/unstructured/round002.log").read_text()
     assert "round 2/2 | epoch 2/2" in log and "NFE" in log
@@ -337,6 +415,7 @@ def test_tiny_run_html_report_bundles_figures_and_tables(tiny_run):
     assert res.returncode == 0, res.stderr[-3000:]
     html = (workdir / "report.html").read_text(errors="replace")
     assert "nll_vs_prune_ratio.png" in html and "nll_gaussians.md" in html
+    assert "decision_boundaries.png" in html and "classifier.md" in html
 
 
 def test_tiny_run_reruns_only_what_an_edit_touches(tiny_run):

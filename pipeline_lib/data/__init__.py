@@ -1,4 +1,4 @@
-"""Data sets of Sparse Flows (Liebenwein et al., NeurIPS 2021): toy 2-D sets and MAF tabular sets.
+"""Data sets of Sparse Flows (Liebenwein et al., NeurIPS 2021): toy 2-D, MAF tabular and image sets.
 
 One entry point, :func:`load_dataset`, returns a :class:`DataSplits` (train/val/test float32
 tensors, optional mode labels, the standardization applied) for
@@ -8,6 +8,10 @@ tensors, optional mode labels, the standardization applied) for
 * the five tabular benchmarks of §4.2 (:data:`TABULAR_DATASETS`), read from preprocessed files
   under a data root (:mod:`pipeline_lib.data.tabular`, prepared with :func:`prepare_tabular`,
   which uses :func:`fetch` and :func:`extract_archive` from :mod:`pipeline_lib.data.download`).
+
+MNIST and CIFAR-10 for the image flows of §4.3 are prepared by :func:`prepare_images`
+(:mod:`pipeline_lib.data.images`: IDX and CIFAR binary parsers) as uint8
+:class:`ImageSplits`.
 
 Example::
 
@@ -27,6 +31,7 @@ from pipeline_lib.data.download import (
     extract_archive,
     fetch,
 )
+from pipeline_lib.data.images import IMAGE_DATASETS, ImageSplits, prepare_images
 from pipeline_lib.data.splits import DataSplits
 from pipeline_lib.data.tabular import (
     MAF_ARCHIVE_URL,
@@ -39,9 +44,12 @@ from pipeline_lib.data.toy import TOY_DATASETS, generate_toy, toy_modes
 
 __all__ = [
     "ALL_DATASETS",
+    "load_splits",
     "ArchiveError",
     "DataSplits",
     "DownloadError",
+    "IMAGE_DATASETS",
+    "ImageSplits",
     "MAF_ARCHIVE_URL",
     "TABULAR_DATASETS",
     "TOY_DATASETS",
@@ -50,6 +58,7 @@ __all__ = [
     "fetch",
     "generate_toy",
     "load_dataset",
+    "prepare_images",
     "prepare_tabular",
     "preprocess_tabular",
     "toy_modes",
@@ -73,6 +82,17 @@ _TABULAR_OPTIONS = frozenset(
         "timeout",
     }
 )
+
+
+def load_splits(directory: str | Path) -> DataSplits | ImageSplits:
+    """A prepared data directory: :class:`ImageSplits` where its ``meta.json`` says so, else
+    :class:`DataSplits`."""
+    import json
+
+    meta = Path(directory) / "meta.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("format") == ImageSplits.FORMAT:
+        return ImageSplits.load(directory)
+    return DataSplits.load(directory)
 
 
 def _check_options(name: str, kwargs: dict[str, Any], allowed: frozenset[str]) -> None:

@@ -51,6 +51,19 @@ def _load_array(path: Path) -> np.ndarray:
         ) from None
 
 
+def save_array(directory: Path, key: str, array: np.ndarray) -> str:
+    """Write ``<key>.npy`` into ``directory`` atomically; return its file name."""
+    filename = f"{key}.npy"
+    atomic_write(directory / filename, lambda f: np.save(f, array))
+    return filename
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta.json`` atomically: the last file of a saved splits directory."""
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    atomic_write(directory / _META_FILE, lambda f: f.write(text.encode("utf-8")))
+
+
 def _writable(array: np.ndarray) -> np.ndarray:
     """A contiguous, writable array (torch cannot share read-only numpy memory)."""
     array = np.ascontiguousarray(array)
@@ -191,20 +204,14 @@ class DataSplits:
             value = getattr(self, key)
             if value is None:
                 continue
-            filename = f"{key}.npy"
-            array = value.detach().cpu().numpy()
-            atomic_write(directory / filename, lambda f, a=array: np.save(f, a))
-            arrays[key] = filename
+            arrays[key] = save_array(directory, key, value.detach().cpu().numpy())
         stats: dict[str, Any] = {}
         for key in ("mean", "std"):
             value = getattr(self, key)
             if isinstance(value, float):
                 stats[key] = value
             else:
-                filename = f"{key}.npy"
-                array = value.detach().cpu().numpy()
-                atomic_write(directory / filename, lambda f, a=array: np.save(f, a))
-                stats[key] = {"file": filename}
+                stats[key] = {"file": save_array(directory, key, value.detach().cpu().numpy())}
         meta = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
@@ -214,8 +221,7 @@ class DataSplits:
             "arrays": arrays,
             **stats,
         }
-        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        atomic_write(directory / _META_FILE, lambda f: f.write(text.encode("utf-8")))
+        write_meta(directory, meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> DataSplits:

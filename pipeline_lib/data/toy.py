@@ -63,6 +63,7 @@ import torch
 from pipeline_lib.data.splits import DataSplits
 
 __all__ = [
+    "CLASSIFICATION_DATASETS",
     "GAUSSIAN_MODE_DATASETS",
     "TOY_DATASETS",
     "generate_toy",
@@ -252,6 +253,10 @@ _MODES: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
 
 GAUSSIAN_MODE_DATASETS: tuple[str, ...] = tuple(_MODES)
 """Toy sets that are Gaussian mixtures, for which :func:`toy_modes` gives centers and stds."""
+
+CLASSIFICATION_DATASETS: tuple[str, ...] = ("moons", "concentric")
+"""Two-class 2-D sets whose labels are the classes of §4.6's classifiers (as many classes as
+input dimensions, which a neural-ODE classifier whose final state is its logits needs)."""
 
 
 def _spec(name: str) -> _ToySpec:

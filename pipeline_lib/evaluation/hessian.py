@@ -109,7 +109,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from pipeline_lib.flows import CNF, SolverConfig
+from pipeline_lib.flows import SolverConfig
 from pipeline_lib.pruning import BIAS_MASK, WEIGHT_MASK, prunable_layers
 
 __all__ = [
@@ -319,8 +319,9 @@ def parameter_masks(
 
 @contextmanager
 def _without_adjoint(model: nn.Module) -> Iterator[None]:
-    """Temporarily switch every CNF block's own solver to plain backpropagation."""
-    blocks = [m for m in model.modules() if isinstance(m, CNF)]
+    """Temporarily switch the model's own solvers (every CNF block's, a classifier's) to plain
+    backpropagation."""
+    blocks = [m for m in model.modules() if isinstance(getattr(m, "solver", None), SolverConfig)]
     saved = [b.solver for b in blocks]
     try:
         for b in blocks:

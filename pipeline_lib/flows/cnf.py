@@ -266,14 +266,15 @@ class CNFDynamics(nn.Module):
     def _exact(
         dz: torch.Tensor, z: torch.Tensor, create_graph: bool, regularize: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Exact trace from d vector-Jacobian products (rows of ∂f/∂z)."""
-        d = z.shape[1]
+        """Exact trace from d vector-Jacobian products (rows of ∂f/∂z; z of any shape is
+        taken flattened per sample)."""
+        flat = dz.flatten(1)
         div = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         frob = torch.zeros_like(div) if regularize else None
-        for i in range(d):
+        for i in range(flat.shape[1]):
             row = torch.autograd.grad(
-                dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True
-            )[0]
+                flat[:, i].sum(), z, create_graph=create_graph, retain_graph=True
+            )[0].flatten(1)
             div = div + row[:, i]
             if regularize:
                 frob = frob + row.pow(2).sum(1)

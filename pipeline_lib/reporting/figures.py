@@ -3,7 +3,8 @@
 :func:`plot_nll_vs_prune_ratio` is Sparse Flows Figs. 2, 4, 7 and 8: test NLL against the
 overall prune ratio, unstructured vs structured, mean ± std over seeds, the dense flow as a
 dashed reference line, the published Sparse Flow values as open markers, one panel per
-experiment.
+experiment. :func:`plot_decision_boundaries` is Fig. 9 (§4.6): per prune ratio, a
+classifier's decision boundary, its state space and trajectories through depth.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from pipeline_lib.io import read_parquet  # noqa: E402
 
 __all__ = [
     "METHOD_COLORS",
+    "plot_decision_boundaries",
     "plot_density_grid",
     "plot_metrics_vs_prune_ratio",
     "plot_nll_vs_prune_ratio",
+    "plot_sample_grids",
     "plot_vector_fields",
     "style",
 ]
@@ -87,15 +90,20 @@ def plot_nll_vs_prune_ratio(
     """Test NLL vs prune ratio per experiment, mean ± std over seeds; with ``published_dir``
     the paper's values for the same dataset (:func:`published_nll_curve`) as open markers."""
     from pipeline_lib.reporting.published import published_nll_curve
+    from pipeline_lib.reporting.summary import nll_column
 
     style()
     df = read_parquet(summary_path)
+    if "family" in df:  # a classifier's NLL is its cross-entropy: its own figures show it
+        df = df[df["family"].fillna("ffjord") != "classifier"]
     experiments = sorted(df["experiment"].unique())
     ncols = min(3, len(experiments))
     nrows = math.ceil(len(experiments) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
     for ax, exp in zip(axes.flat, experiments, strict=False):
         sub = df[df["experiment"] == exp]
+        column, unit = nll_column(sub)
+        sub = sub.assign(test_nll=sub[column])
         dense = sub[sub["round"] == 0]["test_nll"].mean()
         _method_curves(ax, sub, "test_nll", axis="measured")  # Fig. 4: the measured ratio
         ax.axhline(dense, color="0.3", ls="--", lw=1, label="dense")
@@ -106,7 +114,7 @@ def plot_nll_vs_prune_ratio(
         seeds = sub["seed"].nunique()
         ax.set_title(f"{exp} ({sub['dataset'].iloc[0]}, {seeds} seed{'s' if seeds > 1 else ''})")
         ax.set_xlabel("prune ratio (%): ours measured over all parameters, paper nominal")
-        ax.set_ylabel(f"test NLL ({sub['nll_unit'].iloc[0]})")
+        ax.set_ylabel(f"test NLL ({unit})")
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(experiments) :]:
         ax.set_visible(False)
@@ -115,9 +123,10 @@ def plot_nll_vs_prune_ratio(
     return fig
 
 
-def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
-    """The density snapshots by (experiment, seed, method, round), as each names itself;
-    round 0 is 'dense'."""
+def _load_arrays(paths, marker: str) -> dict[tuple[str, int, str, int], dict]:
+    """The array files holding ``marker`` (``log_density``: density snapshots; ``prob``:
+    Fig. 9 arrays) by (experiment, seed, method, round), as each names itself; round 0 is
+    'dense'."""
     from pipeline_lib.io import UnreadableFileError, load_npz, metrics_fix
 
     out = {}
@@ -127,17 +136,24 @@ def _load_snapshots(paths) -> dict[tuple[str, int, str, int], dict]:
             raise UnreadableFileError(
                 p, "does not name its checkpoint (written by an older version)", metrics_fix(p)
             )
-        if "log_density" in arrays:
+        if marker in arrays:
             key = (str(arrays["experiment"]), int(arrays["seed"]), str(arrays["method"]))
             out[(*key, int(arrays["round"]))] = arrays
     return out
 
 
-def _prune_ratios(df: pd.DataFrame) -> dict[tuple[str, int, str, int], float]:
+def _prune_ratios(
+    df: pd.DataFrame, kind: str | None = None
+) -> dict[tuple[str, int, str, int], float]:
+    """Prune ratio by (experiment, seed, method, round): of the prunable weights, or of
+    :func:`~pipeline_lib.reporting.summary.prune_ratio_axis` ``kind``."""
+    from pipeline_lib.reporting.summary import prune_ratio_axis
+
+    values = df["prune_ratio"] if kind is None else prune_ratio_axis(df, kind)
     ratios = {}
-    for row in df.itertuples():
+    for row, value in zip(df.itertuples(), values, strict=True):
         method = "dense" if row.round == 0 else row.method
-        ratios[(row.experiment, row.seed, method, row.round)] = row.prune_ratio
+        ratios[(row.experiment, row.seed, method, row.round)] = value
     return ratios
 
 
@@ -153,7 +169,7 @@ def plot_density_grid(
     import numpy as np
 
     style()
-    snaps = _load_snapshots(snapshot_paths)
+    snaps = _load_arrays(snapshot_paths, "log_density")
     ratios = _prune_ratios(read_parquet(summary_path))
     rows = sorted({(e, s, m) for (e, s, m, r) in snaps if m != "dense"})
     if not rows:
@@ -207,7 +223,7 @@ def plot_vector_fields(
     import numpy as np
 
     style()
-    snaps = _load_snapshots(snapshot_paths)
+    snaps = _load_arrays(snapshot_paths, "log_density")
     ratios = _prune_ratios(read_parquet(summary_path))
     exps = sorted({(e, s) for (e, s, m, r) in snaps})
     exps = [min(g for g in exps if g[0] == e) for e in sorted({e for e, _ in exps})]
@@ -247,7 +263,19 @@ METRIC_LABELS = {
     "kappa_rel": r"$\kappa$ / unpruned",
     "good_pct_2": "good samples, n=2 (%)",
     "good_pct_3": "good samples, n=3 (%)",
+    "test_accuracy": "test accuracy",
+    "test_nll": "test NLL (nats)",
+    "boundary_distance_mean": "distance to the boundary, mean",
+    "boundary_distance_p5": "distance to the boundary, 5th pct.",
 }
+
+
+def _expand(metrics, columns) -> list[str]:
+    """Metric names, where ``prefix_*`` stands for every column with that prefix."""
+    out = []
+    for m in metrics:
+        out += sorted(c for c in columns if c.startswith(m[:-1])) if m.endswith("*") else [m]
+    return out
 
 
 def plot_metrics_vs_prune_ratio(
@@ -267,7 +295,7 @@ def plot_metrics_vs_prune_ratio(
 
     style()
     df = with_relative_metrics(read_parquet(summary_path))
-    metrics = [m for m in metrics if m in df and df[m].notna().any()]
+    metrics = [m for m in _expand(metrics, df.columns) if m in df and df[m].notna().any()]
     experiments = (
         sorted(df[df[metrics].notna().any(axis=1)]["experiment"].unique()) if metrics else []
     )
@@ -297,8 +325,150 @@ def plot_metrics_vs_prune_ratio(
                 ax.set_yscale("log")
             ax.set_title(exp, fontsize=9)
             ax.set_xlabel("prune ratio (%)")
-            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            label = METRIC_LABELS.get(metric, metric)
+            if metric.startswith("noise_accuracy_"):
+                label = f"accuracy, input noise σ={metric.removeprefix('noise_accuracy_')}"
+            ax.set_ylabel(label)
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, png, pdf)
+    return fig
+
+
+def plot_decision_boundaries(
+    summary_path: str | Path,
+    boundary_paths,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    prune_ratios=(0.0, 0.84, 0.96),
+):
+    """Sparse Flows Fig. 9 for every classifier experiment and method (first seed): one row
+    per prune ratio of ``prune_ratios`` (the round whose nominal ratio 1 − keep is nearest;
+    the title gives the measured one over all parameters beside it), with
+
+    1. the decision boundary: p(class 1 | x) over the plane, its 0.5 level, the test points;
+    2. the state space: the vector field f(z) as arrows, its magnitude ‖f(z)‖ as colour;
+    3. trajectories through depth: the first coordinate of test points against t, coloured
+       by their class.
+    """
+    import numpy as np
+
+    style()
+    arrays = _load_arrays(boundary_paths, "prob")
+    summary = read_parquet(summary_path)
+    ratios = _prune_ratios(summary, "nominal")  # the released schedule's, as Fig. 9 names them
+    measured = _prune_ratios(summary, "measured")
+    rows = []
+    for exp, seed, method in sorted({(e, s, m) for (e, s, m, r) in arrays if m != "dense"}):
+        keys = [k for k in arrays if k[:3] == (exp, seed, method)]
+        keys = [(exp, seed, "dense", 0), *sorted(keys, key=lambda k: k[3])]
+        keys = [k for k in keys if k in arrays]
+        picked = []
+        for target in prune_ratios:
+            best = min(keys, key=lambda k, t=target: abs(ratios.get(k, 0.0) - t))
+            if best not in picked:
+                picked.append(best)
+        rows += [(method, k) for k in picked]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no classifier in this run", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, png, pdf)
+        return fig
+    fig, axes = plt.subplots(len(rows), 3, figsize=(11, 3.2 * len(rows)), squeeze=False)
+    colors = np.array(["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"])
+    for ax_row, (method, key) in zip(axes, rows, strict=True):
+        a = arrays[key]
+        gx, gy = a["grid_x"], a["grid_y"]
+        extent = (gx[0], gx[-1], gy[0], gy[-1])
+        pts, labels = a["points"], a["labels"].astype(int)
+        title = (
+            f"{key[0]}, {method}, PR {100 * ratios.get(key, 0.0):.0f}% "
+            f"(measured {100 * measured.get(key, 0.0):.0f}%)"
+        )
+        ax = ax_row[0]
+        ax.imshow(a["prob"], origin="lower", extent=extent, cmap="RdBu_r", vmin=0, vmax=1,
+                  aspect="auto", alpha=0.6)  # fmt: skip
+        ax.contour(gx, gy, a["prob"], levels=[0.5], colors="k", linewidths=1.2)
+        ax.scatter(pts[:, 0], pts[:, 1], c=colors[labels % 4], s=4, lw=0)
+        ax.set_title(f"decision boundary: {title}", fontsize=8)
+        ax = ax_row[1]
+        image = ax.imshow(a["speed"], origin="lower", extent=extent, cmap="viridis",
+                          aspect="auto")  # fmt: skip
+        step = max(1, len(gx) // 20)
+        field = a["field"][::step, ::step]
+        xx, yy = np.meshgrid(gx[::step], gy[::step])
+        ax.quiver(xx, yy, field[..., 0], field[..., 1], color="w", alpha=0.8, width=0.003)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="‖f(z)‖")
+        ax.set_title("state space: vector field and its magnitude", fontsize=8)
+        ax = ax_row[2]
+        traj, tl = a["trajectories"], a["trajectory_labels"].astype(int)
+        for j in range(traj.shape[1]):
+            ax.plot(a["times"], traj[:, j, 0], color=colors[tl[j] % 4], lw=0.8, alpha=0.7)
+        ax.set_xlabel("depth t")
+        ax.set_ylabel("$z_1(t)$")
+        ax.set_title("trajectories through depth", fontsize=8)
+    fig.tight_layout()
+    _save(fig, png, pdf)
+    return fig
+
+
+def _tile(images, columns: int = 10):
+    """uint8 images ``(N, C, H, W)`` as one ``(rows·H, columns·W[, C])`` picture."""
+    import numpy as np
+
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    canvas = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, k = divmod(i, columns)
+        canvas[r * h : (r + 1) * h, k * w : (k + 1) * w] = image.transpose(1, 2, 0)
+    return canvas[..., 0] if c == 1 else canvas
+
+
+def plot_sample_grids(
+    summary_path: str | Path,
+    snapshot_paths,
+    png: str | Path,
+    pdf: str | Path | None = None,
+    max_columns: int = 6,
+):
+    """Samples of image flows per prune ratio (Sparse Flows Fig. 1's samples, §4.3): one row
+    per image experiment and method (first seed), columns from the dense flow to the sparsest
+    round, each a 10 × 10 grid drawn from the same latent noise."""
+    import numpy as np
+
+    style()
+    grids = _load_arrays(snapshot_paths, "images")
+    ratios = _prune_ratios(read_parquet(summary_path), "nominal")
+    rows = sorted({(e, s, m) for (e, s, m, r) in grids if m != "dense"})
+    if not rows:
+        rows = sorted({(e, s, "dense") for (e, s, m, r) in grids})
+    if not rows:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no image flow in this run", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, png, pdf)
+        return fig
+    most = max(sum(1 for k in grids if k[:3] == row or k[2] == "dense") for row in rows)
+    max_columns = min(max_columns, most)
+    fig, axes = plt.subplots(
+        len(rows), max_columns, figsize=(2.2 * max_columns, 2.4 * len(rows)), squeeze=False
+    )
+    for ax_row, (exp, seed, method) in zip(axes, rows, strict=True):
+        rounds = sorted(r for (e, s, m, r) in grids if (e, s, m) == (exp, seed, method))
+        keys = [(exp, seed, "dense", 0)] + [(exp, seed, method, r) for r in rounds]
+        keys = [k for k in keys if k in grids]
+        pick = np.unique(
+            np.linspace(0, len(keys) - 1, min(max_columns, len(keys))).round().astype(int)
+        )
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, idx in zip(ax_row, pick, strict=False):
+            ax.imshow(_tile(grids[keys[idx]]["images"]), cmap="gray", interpolation="nearest")
+            ax.set_title(f"PR {100 * ratios.get(keys[idx], 0.0):.0f}%", fontsize=8)
+        ax_row[0].text(-0.08, 0.5, f"{exp}\n{method}", transform=ax_row[0].transAxes,
+                       ha="right", va="center", fontsize=8)  # fmt: skip
     fig.tight_layout()
     _save(fig, png, pdf)
     return fig

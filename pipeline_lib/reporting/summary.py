@@ -1,6 +1,10 @@
 """The results contract: one row per (experiment, dataset, method, seed, round).
 
-Rows come from each round's ``round.json`` and ``metrics/nll.json``. The dense warm start
+Rows come from each round's ``round.json`` and ``metrics/nll.json``, with the columns of the
+other metrics where they were evaluated (Hessian, good samples, a classifier's robustness).
+``family`` says what ``test_nll`` is: a flow's NLL of the data, a classifier's
+cross-entropy (the NLL of the labels; ``test_accuracy`` beside it), or an image flow's NLL of
+the 8-bit images (``test_bits_per_dim`` beside it, the unit of the paper's image tables). The dense warm start
 (round 0) is shared by both pruning methods and appears once under each, so that every
 method's curve starts at prune ratio 0. Rounds skipped after an early stop carry no row.
 
@@ -34,6 +38,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "aggregate_experiment",
     "concat_summaries",
+    "nll_column",
     "check_record",
     "prune_ratio_axis",
     "with_relative_metrics",
@@ -54,6 +59,9 @@ SUMMARY_COLUMNS = [
     "test_nll",
     "test_nll_stderr",
     "nll_unit",
+    "family",
+    "test_accuracy",
+    "test_bits_per_dim",
     "nfe_forward",
     "train_seconds",
     "config_hash",
@@ -72,7 +80,12 @@ METRIC_COLUMNS = [
     ("hessian.json", "lambda_max_power", "lambda_max_power"),
     ("hessian.json", "trace_hutchinson", "trace_hutchinson"),
     ("samples.json", "modes_captured", "modes_captured"),
+    ("robustness.json", "boundary_distance_mean", "boundary_distance_mean"),
+    ("robustness.json", "boundary_distance_p5", "boundary_distance_p5"),
 ]
+
+#: The metrics files beside ``nll.json`` whose columns a row carries where they exist.
+_OPTIONAL_METRICS = ("hessian.json", "samples.json", "robustness.json")
 
 
 #: Fields of a round record and the type each must have.
@@ -156,19 +169,23 @@ def aggregate_experiment(
             "test_nll": nll["test_nll"],
             "test_nll_stderr": nll.get("test_nll_stderr"),
             "nll_unit": nll.get("nll_unit", "nats"),
+            "family": nll.get("family", "ffjord"),
+            "test_accuracy": nll.get("test_accuracy", math.nan),
+            "test_bits_per_dim": nll.get("test_bits_per_dim", math.nan),
             "stopped": bool(rec.get("stopped", False)),
             "diverged": has_diverged(
                 rec["val_nll"], rec.get("val_nll_reference", math.nan), divergence_nats
             ),
         }
         extra = {
-            name: _read_metrics(metrics / name, rec, required=False)
-            for name in ("hessian.json", "samples.json")
+            name: _read_metrics(metrics / name, rec, required=False) for name in _OPTIONAL_METRICS
         }
         for name, key, column in METRIC_COLUMNS:
             row[column] = extra[name].get(key, math.nan)
         for n, pct in (extra["samples.json"].get("good_pct") or {}).items():
             row[f"good_pct_{n}"] = pct
+        for sigma, acc in (extra["robustness.json"].get("noise_accuracy") or {}).items():
+            row[f"noise_accuracy_{sigma}"] = acc
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -189,6 +206,14 @@ def concat_summaries(files: Sequence[str | Path], out: str | Path) -> pd.DataFra
     df = pd.concat([read_parquet(f) for f in files], ignore_index=True)
     write_parquet(df, out)
     return df
+
+
+def nll_column(df: pd.DataFrame) -> tuple[str, str]:
+    """The summary column and unit in which the paper reports these rows' NLL: bits/dim for
+    image flows (Table 3, S9–S10), nats otherwise."""
+    if "family" in df and (df["family"] == "multiscale").any():
+        return "test_bits_per_dim", "bits/dim"
+    return "test_nll", "nats"
 
 
 def prune_ratio_axis(df: pd.DataFrame, kind: str) -> pd.Series:

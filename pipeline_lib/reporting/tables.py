@@ -1,5 +1,8 @@
 """Paper tables from ``summary.parquet`` (Markdown, LaTeX and CSV, made by pandas).
 
+:func:`write_classifier_table` is §4.6's numbers as a table: accuracy, cross-entropy,
+robustness and parameters of neural-ODE classifiers per prune ratio.
+
 :func:`write_nll_table` gives the layout of Tables S4–S10: prune ratio, number of nonzero
 parameters and test NLL for unstructured and structured pruning, mean ± std over seeds with
 the number of seeds, and — where the paper has a number at that prune ratio — the published
@@ -16,13 +19,15 @@ import pandas as pd
 
 from pipeline_lib.io import read_parquet
 from pipeline_lib.reporting.published import published_metric_curve, published_nll_curve
-from pipeline_lib.reporting.summary import prune_ratio_axis, with_relative_metrics
+from pipeline_lib.reporting.summary import nll_column, prune_ratio_axis, with_relative_metrics
 
 __all__ = [
+    "classifier_table",
     "good_samples_table",
     "hessian_table",
     "mean_std",
     "nll_table",
+    "write_classifier_table",
     "write_good_samples_table",
     "write_hessian_table",
     "write_nll_table",
@@ -49,10 +54,15 @@ def mean_std(values: pd.Series, digits: int = 3) -> str:
 def nll_table(
     summary: pd.DataFrame, dataset: str, published_dir: str | Path | None = None
 ) -> pd.DataFrame:
-    """One row per prune round of ``dataset``, both methods side by side (Tables S4–S10)."""
+    """One row per prune round of ``dataset``, both methods side by side (Tables S4–S10); the
+    NLL in nats, or in bits/dim for image flows (:func:`nll_column`)."""
     df = summary[summary["dataset"] == dataset]
+    if "family" in df:  # a classifier's NLL is its cross-entropy: the classifier table has it
+        df = df[df["family"].fillna("ffjord") != "classifier"]
     if df.empty:
-        raise ValueError(f"no results for dataset {dataset!r} in the summary")
+        raise ValueError(f"no flow results for dataset {dataset!r} in the summary")
+    column, _ = nll_column(df)
+    df = df.assign(test_nll=df[column])
     # the paper's tables are on the nominal prune ratio; the measured one is shown beside it
     df = df.assign(
         pr_axis=prune_ratio_axis(df, "nominal"), pr_measured=prune_ratio_axis(df, "measured")
@@ -129,7 +139,7 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
 def _write(table: pd.DataFrame, shown: pd.DataFrame, title: str, note: str, md, csv, tex) -> None:
     """Markdown (display), CSV (full precision) and LaTeX (display) of one table."""
     Path(md).parent.mkdir(parents=True, exist_ok=True)
-    Path(md).write_text(f"# {title}\n\n{note}\n\n" + shown.to_markdown(index=False) + "\n")
+    Path(md).write_text(f"# {title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
     table.to_csv(csv, index=False)
     Path(tex).write_text(shown.to_latex(index=False, escape=True))
 
@@ -143,11 +153,13 @@ def write_nll_table(
     tex: str | Path,
 ) -> pd.DataFrame:
     """Write the NLL table of ``dataset`` as Markdown, CSV (full precision) and LaTeX."""
-    table = nll_table(read_parquet(summary_path), dataset, published_dir)
+    summary = read_parquet(summary_path)
+    table = nll_table(summary, dataset, published_dir)
+    _, unit = nll_column(summary[summary["dataset"] == dataset])
     _write(
         table,
         _display(table),
-        f"{dataset}: test NLL (nats) per prune ratio",
+        f"{dataset}: test NLL ({unit}) per prune ratio",
         "Mean ± std over seeds. `paper`: the published Sparse Flow value at the same prune ratio "
         "(Tables S4–S10; for toy data the structured NLL of Tables S11–S12), `Δ` = ours − paper.",
         md,
@@ -297,9 +309,66 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "Ritz value, trace = sum of the positive Ritz values, κ = λ_max / smallest positive "
         "Ritz value; `rel.` = normalized to the unpruned flow of the same seed, then averaged "
         "over seeds (Table 5). Extra columns: λ_max by power iteration and tr H by Hutchinson. "
-        "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds. "
+        "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds; "
+        "for a classifier the NLL is its cross-entropy. "
         "`paper`: Tables S11–S12 (structured pruning) at the same nominal prune ratio, beside "
         "our structured rows.",
+        md,
+        csv,
+        tex,
+    )
+    return table
+
+
+#: The classifier table's columns: (summary column, label, format).
+_CLASSIFIER_COLUMNS = (
+    ("test_accuracy", "accuracy", "{:.3f}"),
+    ("test_nll", "cross-entropy", "{:.3f}"),
+    ("boundary_distance_mean", "boundary dist. mean", "{:.3f}"),
+    ("boundary_distance_p5", "boundary dist. p5", "{:.3f}"),
+)
+
+
+def classifier_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Neural-ODE classifiers (§4.6) per prune round: test accuracy, test cross-entropy,
+    distance to the decision boundary (mean, 5th percentile), accuracy under input noise per
+    σ and nonzero parameters, mean and std over seeds."""
+    if "family" not in summary:
+        raise ValueError("the summary has no classifier rows (no 'family' column)")
+    df = summary[summary["family"] == "classifier"]
+    if df.empty:
+        raise ValueError("the summary has no classifier rows")
+    noisy = sorted(c for c in df.columns if c.startswith("noise_accuracy_"))
+    cols = [c for c, _, _ in _CLASSIFIER_COLUMNS] + noisy + ["params_nonzero"]
+    df = df.assign(pr_measured=prune_ratio_axis(df, "measured"))
+    out = _per_round(df, [*cols, "pr_measured"])
+    return out.drop(columns=["pr_measured_std"]).rename(
+        columns={"pr_measured_mean": "prune_ratio_measured"}
+    )
+
+
+def write_classifier_table(summary_path, md, csv, tex) -> pd.DataFrame:
+    """Write the classifier table (§4.6) as Markdown, CSV and LaTeX."""
+    table = classifier_table(read_parquet(summary_path))
+    shown = table[["experiment", "method", "round", "seeds"]].copy()
+    shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
+    shown.insert(4, "measured PR", table["prune_ratio_measured"].map(lambda v: f"{100 * v:.1f}%"))
+    shown["#params"] = table["params_nonzero_mean"].map(lambda v: f"{v:,.0f}")
+    for c, label, fmt in _CLASSIFIER_COLUMNS:
+        shown[label] = _pm(table[f"{c}_mean"], table[f"{c}_std"], fmt)
+    for c in sorted(c for c in table.columns if c.startswith("noise_accuracy_")):
+        if c.endswith("_mean"):
+            sigma = c.removeprefix("noise_accuracy_").removesuffix("_mean")
+            shown[f"acc. σ={sigma}"] = _pm(table[c], table[c.replace("_mean", "_std")], "{:.3f}")
+    _write(
+        table,
+        shown,
+        "Neural-ODE classifiers per prune ratio (§4.6)",
+        "Test accuracy, test cross-entropy (nats), distance of the test points to the decision "
+        "boundary (bisection along the segment to the nearest grid point of another predicted "
+        "class; mean and 5th percentile) and accuracy under Gaussian input noise N(0, σ²I), "
+        "mean ± std over seeds; #params: nonzero parameters. `prune ratio` is nominal "
+        "(1 − keep), `measured PR` counts all parameters.",
         md,
         csv,
         tex,

@@ -6,7 +6,11 @@ from pathlib import Path
 REPO = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO))
 
-from pipeline_lib.data import TABULAR_DATASETS, TOY_DATASETS  # noqa: E402
+from pipeline_lib.data import (
+    IMAGE_DATASETS,
+    TABULAR_DATASETS,
+    TOY_DATASETS,
+)  # noqa: E402
 from pipeline_lib.data.toy import GAUSSIAN_MODE_DATASETS  # noqa: E402
 from pipeline_lib.experiment import (  # noqa: E402
     METRICS,
@@ -15,6 +19,7 @@ from pipeline_lib.experiment import (  # noqa: E402
     check_yaml_keys,
     load_experiments,
 )
+from pipeline_lib.families import FAMILIES  # noqa: E402
 from pipeline_lib.layout import CHECKPOINT_PATH, Layout  # noqa: E402
 from pipeline_lib.manifest import register_study  # noqa: E402
 
@@ -82,18 +87,15 @@ def records_of(name):
         files.append(f"{d}/round.json")
         for m in metrics:
             files += [
-                f for k, f in LAYOUT.metric_files(d, m).items() if k != "snapshot"
+                f for f in LAYOUT.metric_files(d, m).values() if f.endswith(".json")
             ]
     return files
 
 
 def metric_experiments(metric):
-    """The experiments whose checkpoints are evaluated for ``metric``."""
-    return {
-        "nll": list(EXPERIMENTS),
-        "samples": with_samples(),
-        "hessian": with_hessian(),
-    }[metric]
+    """The experiments whose checkpoints are evaluated for ``metric`` (it applies to their
+    model family and is enabled: Experiment.evaluates)."""
+    return [n for n, e in EXPERIMENTS.items() if e.evaluates(metric)]
 
 
 def experiment_records(w):
@@ -116,22 +118,27 @@ def all_experiment_summaries():
     return [LAYOUT.experiment_summary(name) for name in EXPERIMENTS]
 
 
-def all_datasets():
-    return sorted({e.dataset for e in EXPERIMENTS.values()})
+def flow_datasets():
+    """Data sets with a density study (an NLL table each)."""
+    return sorted(
+        {e.dataset for e in EXPERIMENTS.values() if FAMILIES[e.family].density}
+    )
 
 
-def two_d_experiments():
-    return [n for n, e in EXPERIMENTS.items() if e.dataset in TOY_DATASETS]
+def classifiers():
+    return [n for n, e in EXPERIMENTS.items() if FAMILIES[e.family].supervised]
 
 
 def with_samples():
-    return [
-        n for n in two_d_experiments() if EXPERIMENTS[n].evaluation.enabled("samples")
-    ]
+    return metric_experiments("samples")
 
 
 def with_hessian():
-    return [n for n, e in EXPERIMENTS.items() if e.evaluation.enabled("hessian")]
+    return metric_experiments("hessian")
+
+
+def with_robustness():
+    return metric_experiments("robustness")
 
 
 def with_good_samples():
@@ -141,7 +148,9 @@ def with_good_samples():
 
 
 def all_tables():
-    tables = [LAYOUT.table(f"nll_{d}") for d in all_datasets()]
+    tables = [LAYOUT.table(f"nll_{d}") for d in flow_datasets()]
+    if classifiers():
+        tables.append(LAYOUT.table("classifier"))
     if with_good_samples():
         tables.append(LAYOUT.table("good_samples"))
     if with_hessian():
@@ -149,9 +158,19 @@ def all_tables():
     return tables
 
 
+def image_experiments():
+    return [n for n, e in EXPERIMENTS.items() if e.dataset in IMAGE_DATASETS]
+
+
 def all_figures():
-    figures = [LAYOUT.figure("nll_vs_prune_ratio")]
-    if with_samples():
+    figures = [LAYOUT.figure("nll_vs_prune_ratio")] if flow_datasets() else []
+    if set(image_experiments()) & set(with_samples()):
+        figures.append(LAYOUT.figure("sample_grids"))
+    if classifiers():
+        figures.append(LAYOUT.figure("classifier_vs_prune_ratio"))
+    if with_robustness():
+        figures.append(LAYOUT.figure("decision_boundaries"))
+    if set(with_samples()) - set(image_experiments()):
         figures += [LAYOUT.figure("density_grid"), LAYOUT.figure("vector_field")]
     if with_good_samples():
         figures.append(LAYOUT.figure("good_samples_vs_prune_ratio"))
@@ -171,6 +190,18 @@ def snapshots(w):
             if s == first
         ]
         files += [LAYOUT.metric_files(d, "samples")["snapshot"] for d in dirs]
+    return files
+
+
+def boundaries(w):
+    """Fig. 9 arrays of the first seed of every classifier evaluated for robustness."""
+    files = []
+    for name in with_robustness():
+        first = EXPERIMENTS[name].seeds[0]
+        for m, s, r in EXPERIMENTS[name].runs():
+            if s == first:
+                d = checkpoint_dir(name, m, s, r)
+                files.append(LAYOUT.metric_files(d, "robustness")["boundary"])
     return files
 
 

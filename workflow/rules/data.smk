@@ -1,4 +1,5 @@
-# Data: toy generators, and the MAF tabular archive (download -> extract -> preprocess).
+# Data: toy generators, the MAF tabular archive (download -> extract -> preprocess), and the
+# image sets (download -> verify -> parse -> uint8 splits).
 
 
 rule toy_data:
@@ -59,3 +60,21 @@ rule tabular_data:
         ENV
     script:
         "../scripts/tabular_data.py"
+
+
+rule image_data:
+    output:
+        directory(LAYOUT.data_dir("{data_id}")),
+    log:
+        LAYOUT.log("data/{data_id}"),
+    wildcard_constraints:
+        data_id="(" + "|".join(IMAGE_DATASETS) + ")(-[0-9a-f]{8})?",
+    retries: 2
+    conda:
+        ENV
+    params:
+        exp=data_settings,
+        url=lambda w: config["data"][f"{DATA_IDS[w.data_id]['dataset']}_url"],
+        mirror=config["data"]["mirror"],
+    script:
+        "../scripts/image_data.py"

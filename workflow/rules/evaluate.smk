@@ -1,7 +1,9 @@
 # Evaluation of every checkpoint, one job per metric, each with only its own settings as
 # parameters (editing evaluation.hessian re-runs only the Hessian jobs): test NLL (Tables 2-3,
-# S4-S10), good-quality samples with the density / vector-field snapshot of 2-D flows (4.4,
-# Figs. 5-6), and the Hessian eigen-analysis (4.5, Table 5). Disabled metrics are not requested.
+# S4-S10; a classifier's cross-entropy and accuracy), good-quality samples with the density /
+# vector-field snapshot of 2-D flows (4.4, Figs. 5-6), the Hessian eigen-analysis (4.5,
+# Table 5), and a classifier's decision-boundary robustness with its Fig. 9 arrays (4.6).
+# Metrics that are disabled or do not apply to the model family are not requested.
 
 
 rule evaluate_nll:
@@ -55,4 +57,17 @@ use rule evaluate_nll as evaluate_hessian with:
     params:
         metric="hessian",
         exp=metric_params("hessian"),
+        device=COMPUTE["device"],
+
+
+use rule evaluate_nll as evaluate_robustness with:
+    output:
+        **LAYOUT.metric("robustness"),
+    log:
+        LAYOUT.log("{experiment}/seed{seed}/{path}/evaluate_robustness"),
+    benchmark:
+        LAYOUT.benchmark("{experiment}/seed{seed}/{path}/evaluate_robustness")
+    params:
+        metric="robustness",
+        exp=metric_params("robustness"),
         device=COMPUTE["device"],

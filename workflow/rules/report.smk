@@ -11,6 +11,9 @@ localrules:
     hessian_table,
     density_figures,
     metric_figures,
+    classifier_table,
+    decision_boundaries,
+    sample_grids,
 
 
 rule aggregate_experiment:
@@ -162,10 +165,69 @@ rule metric_figures:
     log:
         LAYOUT.log("figures/{metric}_vs_prune_ratio"),
     wildcard_constraints:
-        metric="hessian|good_samples",
+        metric="hessian|good_samples|classifier",
     conda:
         ENV
     params:
         published=config["report"]["published_dir"],
     script:
         "../scripts/metric_figures.py"
+
+
+rule classifier_table:
+    input:
+        summary=SUMMARY,
+    output:
+        md=report(
+            LAYOUT.table("classifier"),
+            caption="../report/table_classifier.rst",
+            category="Tables",
+        ),
+        csv=LAYOUT.table("classifier", "csv"),
+        tex=LAYOUT.table("classifier", "tex"),
+    log:
+        LAYOUT.log("tables/classifier"),
+    conda:
+        ENV
+    script:
+        "../scripts/classifier_table.py"
+
+
+rule decision_boundaries:
+    input:
+        summary=SUMMARY,
+        boundaries=boundaries,
+    output:
+        png=report(
+            LAYOUT.figure("decision_boundaries"),
+            caption="../report/decision_boundaries.rst",
+            category="Figures",
+        ),
+        pdf=LAYOUT.figure("decision_boundaries", "pdf"),
+    log:
+        LAYOUT.log("figures/decision_boundaries"),
+    conda:
+        ENV
+    params:
+        prune_ratios=config["report"]["boundary_prune_ratios"],
+    script:
+        "../scripts/decision_boundaries.py"
+
+
+rule sample_grids:
+    input:
+        summary=SUMMARY,
+        snapshots=snapshots,
+    output:
+        png=report(
+            LAYOUT.figure("sample_grids"),
+            caption="../report/sample_grids.rst",
+            category="Figures",
+        ),
+        pdf=LAYOUT.figure("sample_grids", "pdf"),
+    log:
+        LAYOUT.log("figures/sample_grids"),
+    conda:
+        ENV
+    script:
+        "../scripts/sample_grids.py"

@@ -1,4 +1,5 @@
-"""Rules evaluate_nll, evaluate_samples, evaluate_hessian: one metric of one checkpoint."""
+"""Rules evaluate_nll, evaluate_samples, evaluate_hessian, evaluate_robustness: one metric of
+one checkpoint."""
 
 from _runtime import torch_job
 

@@ -1,4 +1,5 @@
-"""Rule metric_figures: Hessian metrics or good samples against the prune ratio."""
+"""Rule metric_figures: Hessian metrics, good samples or classifier accuracy and robustness
+against the prune ratio."""
 
 from _runtime import setup_logging
 
@@ -7,6 +8,12 @@ from pipeline_lib.reporting.figures import plot_metrics_vs_prune_ratio
 METRICS = {
     "hessian": ["lambda_max", "lambda_max_rel", "hessian_trace_rel", "kappa"],
     "good_samples": ["good_pct_2", "good_pct_3"],
+    "classifier": [
+        "test_accuracy",
+        "boundary_distance_mean",
+        "boundary_distance_p5",
+        "noise_accuracy_*",
+    ],
 }
 
 smk = snakemake  # noqa: F821
