@@ -496,8 +496,9 @@ def prune_structured(model: nn.Module, keep: float) -> None:
     network is then the same function as one built without those neurons. For
     ``concatsquash`` the neuron's time path is zeroed as well: its bias (masked) and its rows
     of ``hyper_gate`` and ``hyper_bias`` (set to zero once; they get no gradient afterwards,
-    since the neuron feeds nothing). Layers whose successor is not known (convolutions) lose
-    rows only. Masks are monotone and applied immediately.
+    since the neuron feeds nothing). In the vector fields' layer chains a convolution's filters
+    are its neurons and the next convolution's input channels their columns; layers whose
+    successor is not known lose rows only. Masks are monotone and applied immediately.
 
     Arguments:
         model: the model (masks are attached if missing).

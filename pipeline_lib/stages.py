@@ -344,6 +344,7 @@ def _hessian(ev: EvaluationConfig, model, data: DataSplits, device, seed: int):
     if not ev.hessian.enabled:
         return {"enabled": False}
     cfg = replace(ev.hessian, seed=seed, noise_seed=seed)
+    model.eval()  # no training-time augmentation (an image flow's flips) in the fixed loss
     train_examples = family_of_model(model).examples(data, "train").to(device)
     result = {"enabled": True, **hessian_metrics(model, train_examples, cfg)}
     train = _split_nll(ev, model, train_examples, device, seed)

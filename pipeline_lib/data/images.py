@@ -250,12 +250,12 @@ def _split(
     name: str,
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
-    val_size: int,
+    val_size: int | None,
     subset: int | None,
 ) -> ImageSplits:
     images, labels = train
-    if len(images) < 2 * val_size:  # a small (synthetic) set: a sixth of it
-        val_size = max(1, len(images) // 6)
+    if val_size is None:  # the reference split; a small (synthetic) set holds out a sixth
+        val_size = VAL_SIZE[name] if len(images) >= 2 * VAL_SIZE[name] else len(images) // 6
     if not 0 < val_size < len(images):
         raise ValueError(f"val_size must be in 1..{len(images) - 1}, got {val_size}")
     cut = len(images) - val_size
@@ -275,7 +275,7 @@ def _split(
 
 
 def _mnist(
-    raw_dir: Path, url: str, mirror, val_size: int, subset: int | None, md5: dict | None
+    raw_dir: Path, url: str, mirror, val_size: int | None, subset: int | None, md5: dict | None
 ) -> ImageSplits:
     arrays = {}
     for role, (filename, reference) in MNIST_FILES.items():
@@ -291,13 +291,18 @@ def _mnist(
                 raw_dir / MNIST_FILES[f"{split}_images"][0],
                 f"holds images {images.shape} for labels {labels.shape}",
             )
+        if labels.size and labels.max() > 9:
+            raise ImageFormatError(
+                raw_dir / MNIST_FILES[f"{split}_labels"][0],
+                f"has label {int(labels.max())}; MNIST labels are 0..9",
+            )
     train = (arrays["train_images"][:, None], arrays["train_labels"])
     test = (arrays["test_images"][:, None], arrays["test_labels"])
     return _split("mnist", train, test, val_size, subset)
 
 
 def _cifar10(
-    raw_dir: Path, url: str, mirror, val_size: int, subset: int | None, md5: dict | None
+    raw_dir: Path, url: str, mirror, val_size: int | None, subset: int | None, md5: dict | None
 ) -> ImageSplits:
     md5 = md5 or {}
     archive = fetch(
@@ -342,7 +347,8 @@ def prepare_images(
             it and renamed into place, so it is complete or absent).
         url: the MNIST base URL or the CIFAR-10 archive URL (default: the reference ones).
         mirror: a local directory or base URL tried first (``fetch``).
-        val_size: training images held out for validation (default :data:`VAL_SIZE`).
+        val_size: training images held out for validation (default :data:`VAL_SIZE`, or a
+            sixth of a training set smaller than twice that).
         subset: keep the first ``subset`` images of each split.
         md5: expected MD5 by file name, for files other than the reference ones (and, for
             CIFAR-10, ``"size"``: the archive's size); by default :data:`MNIST_FILES` and
@@ -360,7 +366,7 @@ def prepare_images(
     raw_dir.mkdir(parents=True, exist_ok=True)
     build = {"mnist": _mnist, "cifar10": _cifar10}[name]
     default_url = MNIST_URL if name == "mnist" else CIFAR10_ARCHIVE.url
-    splits = build(raw_dir, url or default_url, mirror, val_size or VAL_SIZE[name], subset, md5)
+    splits = build(raw_dir, url or default_url, mirror, val_size, subset, md5)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

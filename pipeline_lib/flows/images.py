@@ -47,19 +47,21 @@ LOGIT_ALPHA = 1e-6
 
 
 def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``(k + u) / 256`` for uint8 pixel values k and u ~ U[0, 1) drawn per pixel (float32)."""
+    """``(k + u) / 256`` for uint8 pixel values k and u ~ U[0, 1) drawn per pixel, computed in
+    float64 and returned as float32 below 1 (float32 rounding would otherwise reach 1.0, where
+    the logit transform is infinite for α = 0)."""
     if images.dtype != torch.uint8:
         raise TypeError(f"dequantize expects uint8 images, got {images.dtype}")
-    noise = torch.rand(images.shape, generator=generator, device=images.device)
-    return (images.float() + noise) / 256.0
+    noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=torch.float64)
+    x = ((images.double() + noise) / 256.0).float()
+    return x.clamp(max=1.0 - 2.0**-24)
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image of ``(N, C, H, W)`` left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    out = images.clone()
-    out[flip.to(images.device)] = images[flip.to(images.device)].flip(-1)
-    return out
+    """Flip each image of ``(N, C, H, W)`` left-right with probability 1/2 (the coin is drawn
+    on the images' device, so a CUDA generator and CUDA-graph capture work)."""
+    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
 def logit_transform(

@@ -2,8 +2,13 @@
 
 The released configurations (``paper/node/param/cnf/{mnist,cifar}_multiscale.yaml``) build
 FFJORD's ``ODENVP`` (``lib/odenvp.py``) through torchprune's ``FfjordCNF`` wrapper with dims
-64,64,64, two blocks per scale, ``concat`` convolutions, softplus, a trainable end time
-(T = 1 at the start) and Gaussian Hutchinson noise (``rademacher`` False). Reimplemented here:
+64,64,64, two blocks per scale, ``concat`` convolutions, softplus, ``train_T`` True and
+Gaussian Hutchinson noise (``rademacher`` False). FFJORD's ``train_T`` registers the end time
+as a parameter of every block, but its CNF builds the integration times with
+``torch.tensor([0, sqrt_end_time²])``, which cuts the gradient: the end time stays 1. Here it
+is fixed at 1 (``train_T`` False in :data:`RELEASED`), the same model; the parameter count
+leaves out the 10 (MNIST) or 14 (CIFAR-10) untrained end-time scalars that FFJORD's includes.
+Reimplemented here:
 
 - the input x ∈ [0, 1)^{C×H×W} goes through the logit transform (α = 1e-6,
   :func:`~pipeline_lib.flows.images.logit_transform`);
@@ -15,8 +20,9 @@ FFJORD's ``ODENVP`` (``lib/odenvp.py``) through torchprune's ``FfjordCNF`` wrapp
   with the time as an extra input channel (FFJORD's ``ConcatConv2d``), softplus between;
 - the base distribution is a standard normal over all factored-out parts.
 
-Parameter counts (:func:`build_multiscale`, checked by a test): MNIST 800,646 and CIFAR-10
-1,358,882 (weights, biases and one end time per block), the published 801K and 1.36M.
+Parameter counts (:func:`build_multiscale`, checked by a test): MNIST 800,636 and CIFAR-10
+1,358,868 weights and biases (FFJORD's count with the end times: 800,646 and 1,358,882), the
+published 801K and 1.36M.
 
 What a call returns (:class:`~pipeline_lib.flows.FlowOutput`): ``log_prob`` is the
 log-probability of the *8-bit* image under uniform dequantization, log p(x) − D log 256, so that
@@ -66,12 +72,13 @@ __all__ = [
 
 
 #: The released architecture (``ffjord_multiscale_{mnist,cifar}``): ``MultiscaleConfig(dim=…,
-#: **RELEASED)``. The dataclass defaults are the workflow's shared ``model`` defaults instead.
+#: **RELEASED)``; its end time stays 1 (module docstring). The dataclass defaults are the
+#: workflow's shared ``model`` defaults instead.
 RELEASED: dict = {
     "hidden_dims": (64, 64, 64),
     "num_blocks": 2,
     "activation": "softplus",
-    "train_T": True,
+    "train_T": False,
 }
 
 
@@ -79,7 +86,7 @@ RELEASED: dict = {
 class MultiscaleConfig:
     """Architecture of the multiscale image flow. The defaults of the keys it shares with the
     other families are the workflow's (``model.*`` in ``config/README.md``); the released
-    model is :data:`RELEASED` (dims 64,64,64, two blocks per scale, softplus, learned T).
+    model is :data:`RELEASED` (dims 64,64,64, two blocks per scale, softplus, T = 1).
 
     Arguments:
         dim: the image shape ``(C, H, W)`` (``None`` in an experiment's settings: the data

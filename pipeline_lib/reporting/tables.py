@@ -139,7 +139,9 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
 def _write(table: pd.DataFrame, shown: pd.DataFrame, title: str, note: str, md, csv, tex) -> None:
     """Markdown (display), CSV (full precision) and LaTeX (display) of one table."""
     Path(md).parent.mkdir(parents=True, exist_ok=True)
-    Path(md).write_text(f"# {title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+    Path(md).write_text(
+        f"# {title}\n\n{note}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    )
     table.to_csv(csv, index=False)
     Path(tex).write_text(shown.to_latex(index=False, escape=True))
 
