@@ -639,7 +639,7 @@ def test_config_overrides_keep_the_default_configfile(tmp_path):
         env=ENV,
     )
     assert res.returncode == 0, res.stderr
-    assert job_counts(res.stdout)["train_dense"] == 3
+    assert job_counts(res.stdout)["train_dense"] == 4  # 3 toy flows and the moons classifier
     assert f"{tmp_path}/out/summary.parquet" in res.stdout
 
 
