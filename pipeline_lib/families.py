@@ -59,13 +59,19 @@ __all__ = [
 ]
 
 
+SAMPLE_KINDS = ("points", "images")
+"""What a family's ``samples`` metric draws: ``points`` (good samples, §4.4, and the density
+and vector-field snapshots of Figs. 5–6 for 2-D data) or ``images`` (sample grids, Fig. 1)."""
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     """One kind of model: its configuration class (frozen, ``from_dict`` / ``to_dict``, a
     ``dim`` the data sets), its builder and the class of what it builds, whether its examples
     carry class labels, and the per-checkpoint metrics that apply to it (keys of
     :data:`~pipeline_lib.layout.METRIC_FILES`). ``density``: its NLL is a density's (−log p(x)),
-    shown in the NLL tables and figures; a classifier's cross-entropy has tables of its own."""
+    shown in the NLL tables and figures; a classifier's cross-entropy has tables of its own.
+    ``sample_kind``: what its ``samples`` metric draws (:data:`SAMPLE_KINDS`)."""
 
     name: str
     config: type
@@ -74,6 +80,13 @@ class ModelFamily:
     supervised: bool
     density: bool
     metrics: tuple[str, ...]
+    sample_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sample_kind is not None) != ("samples" in self.metrics):
+            raise ValueError(f"family {self.name!r}: a samples metric needs a sample_kind")
+        if self.sample_kind not in (None, *SAMPLE_KINDS):
+            raise ValueError(f"family {self.name!r}: sample_kind one of {SAMPLE_KINDS}")
 
     def examples(self, data: DataSplits | ImageSplits, split: str) -> torch.Tensor:
         """The rows of one split (``train``, ``val``, ``test``) the model is trained and
@@ -103,6 +116,7 @@ FAMILIES: dict[str, ModelFamily] = {
         supervised=False,
         density=True,
         metrics=("nll", "samples", "hessian"),
+        sample_kind="points",
     ),
     "classifier": ModelFamily(
         name="classifier",
@@ -121,25 +135,27 @@ FAMILIES: dict[str, ModelFamily] = {
         supervised=False,
         density=True,
         metrics=("nll", "samples", "hessian"),
+        sample_kind="images",
     ),
 }
 """The model families by ``model.family``."""
 
 
+def _family_where(obj: Any, attribute: str, what: str) -> ModelFamily:
+    for family in FAMILIES.values():
+        if isinstance(obj, getattr(family, attribute)):
+            return family
+    raise TypeError(f"{type(obj).__name__} is {what} of no model family")
+
+
 def family_of(config: Any) -> ModelFamily:
     """The family of a model configuration object."""
-    for family in FAMILIES.values():
-        if isinstance(config, family.config):
-            return family
-    raise TypeError(f"{type(config).__name__} is the configuration of no model family")
+    return _family_where(config, "config", "the configuration")
 
 
 def family_of_model(model: nn.Module) -> ModelFamily:
     """The family of a built model."""
-    for family in FAMILIES.values():
-        if isinstance(model, family.model_type):
-            return family
-    raise TypeError(f"{type(model).__name__} is a model of no model family")
+    return _family_where(model, "model_type", "a model")
 
 
 def build_model(config: Any) -> nn.Module:

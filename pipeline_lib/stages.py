@@ -300,9 +300,10 @@ def _samples(ev: EvaluationConfig, model, data: DataSplits, device, seed: int, d
     from pipeline_lib.evaluation.modes import evaluate_modes
 
     cfg = ev.samples
-    if not cfg.enabled or "samples" not in family_of_model(model).metrics:
+    kind = family_of_model(model).sample_kind
+    if not cfg.enabled or kind is None:
         return {"enabled": False}, None
-    if family_of_model(model).name == "multiscale":
+    if kind == "images":
         return _image_samples(ev, model, device, seed)
     if data.dim != 2:
         return {"enabled": False}, None

@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_lib.data.download import extract_archive, fetch
-from pipeline_lib.data.splits import SPLIT_NAMES, _load_array, save_array, write_meta
+from pipeline_lib.data.splits import SPLIT_NAMES, read_saved, save_array, write_meta
 
 __all__ = [
     "CIFAR10_ARCHIVE",
@@ -90,7 +89,7 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32
 VAL_SIZE = {"mnist": 10_000, "cifar10": 5_000}
 
 _FORMAT = "sparseflows.ImageSplits"
-_META_FILE = "meta.json"
+_FORMAT_VERSION = 1
 
 
 class ImageFormatError(ValueError):
@@ -209,7 +208,7 @@ class ImageSplits:
             directory,
             {
                 "format": _FORMAT,
-                "version": 1,
+                "version": _FORMAT_VERSION,
                 "name": self.name,
                 "image_shape": list(self.image_shape),
                 "sizes": self.sizes,
@@ -225,24 +224,9 @@ class ImageSplits:
             FileNotFoundError: no ``meta.json`` (never prepared, or interrupted).
             ValueError: the files disagree with ``meta.json``.
         """
-        directory = Path(directory)
-        meta_path = directory / _META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"No {_META_FILE} in {directory}: the image data set was not prepared, or its "
-                "preparation was interrupted; prepare it again (pipeline_lib.data.images."
-                "prepare_images)"
-            )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{meta_path} does not describe image splits; prepare them again")
-        values = {k: _load_array(directory / f) for k, f in meta["arrays"].items()}
-        for split in SPLIT_NAMES:
-            if len(values[split]) != meta["sizes"][split]:
-                raise ValueError(
-                    f"{directory / meta['arrays'][split]} has {len(values[split])} images but "
-                    f"{meta_path} records {meta['sizes'][split]}; prepare the data set again"
-                )
+        meta, values = read_saved(
+            Path(directory), _FORMAT, _FORMAT_VERSION, "pipeline_lib.data.images.prepare_images"
+        )
         return cls(name=meta["name"], **values)
 
 

@@ -64,6 +64,59 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     atomic_write(directory / _META_FILE, lambda f: f.write(text.encode("utf-8")))
 
 
+def read_saved(
+    directory: Path, fmt: str, version: int, how_to_prepare: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``meta.json`` of a saved splits directory of format ``fmt`` and ``version``, and the
+    arrays it lists, with each split's length checked against the sizes it records
+    (``how_to_prepare`` names what writes such a directory, for the error messages).
+
+    Raises:
+        FileNotFoundError: ``directory`` has no ``meta.json`` or misses a listed array.
+        ValueError: ``meta.json`` is not such a description, or an array does not match the
+            sizes it records.
+    """
+    meta_path = directory / _META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"No {_META_FILE} in {directory}: the data set was not prepared there (no saved "
+            f"{fmt} directory), or writing it was interrupted. Prepare the data set again "
+            f"({how_to_prepare})."
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{meta_path} is not valid JSON ({err}); delete the directory "
+            "and prepare the data set again."
+        ) from err
+    if meta.get("format") != fmt or meta.get("version") != version:
+        raise ValueError(
+            f"{meta_path} describes format {meta.get('format')!r} version "
+            f"{meta.get('version')!r}, expected {fmt!r} version {version}; "
+            "prepare the data set again with this version of the pipeline."
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for key, filename in meta["arrays"].items():
+        path = directory / filename
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is listed in {meta_path} but missing; prepare the data set again."
+            )
+        arrays[key] = _load_array(path)
+    for split in SPLIT_NAMES:
+        if split not in arrays:
+            raise ValueError(f"{meta_path} lists no {split!r} array; prepare it again.")
+        expected = meta["sizes"][split]
+        if arrays[split].shape[0] != expected:
+            raise ValueError(
+                f"{directory / meta['arrays'][split]} has {arrays[split].shape[0]} rows but "
+                f"{meta_path} records {expected}; the files are inconsistent, prepare the "
+                "data set again."
+            )
+    return meta, arrays
+
+
 def _writable(array: np.ndarray) -> np.ndarray:
     """A contiguous, writable array (torch cannot share read-only numpy memory)."""
     array = np.ascontiguousarray(array)
@@ -233,44 +286,13 @@ class DataSplits:
                 match the sizes it records.
         """
         directory = Path(directory)
-        meta_path = directory / _META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"No {_META_FILE} in {directory}: this is not a saved DataSplits directory, or "
-                "writing it was interrupted. Prepare the data set again (e.g. "
-                "pipeline_lib.data.prepare_tabular or DataSplits.save)."
-            )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{meta_path} is not valid JSON ({err}); delete the directory "
-                "and prepare the data set again."
-            ) from err
-        if meta.get("format") != _FORMAT or meta.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} describes format {meta.get('format')!r} version "
-                f"{meta.get('version')!r}, expected {_FORMAT!r} version {_FORMAT_VERSION}; "
-                "prepare the data set again with this version of the pipeline."
-            )
-        values: dict[str, Any] = {}
-        for key, filename in meta["arrays"].items():
-            path = directory / filename
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} is listed in {meta_path} but missing; prepare the data set again."
-                )
-            values[key] = torch.from_numpy(_load_array(path))
-        for split in SPLIT_NAMES:
-            if split not in values:
-                raise ValueError(f"{meta_path} lists no {split!r} array; prepare it again.")
-            expected = meta["sizes"][split]
-            if values[split].shape[0] != expected:
-                raise ValueError(
-                    f"{directory / meta['arrays'][split]} has {values[split].shape[0]} rows but "
-                    f"{meta_path} records {expected}; the files are inconsistent, prepare the "
-                    "data set again."
-                )
+        meta, arrays = read_saved(
+            directory,
+            _FORMAT,
+            _FORMAT_VERSION,
+            "pipeline_lib.data.prepare_tabular or DataSplits.save",
+        )
+        values: dict[str, Any] = {k: torch.from_numpy(v) for k, v in arrays.items()}
         for key in ("mean", "std"):
             stat = meta.get(key, 0.0 if key == "mean" else 1.0)
             if isinstance(stat, dict):

@@ -401,6 +401,36 @@ class FlowOutput:
     nfe: int = 0
 
 
+RegularizationTerms = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def run_blocks(
+    blocks,
+    z: torch.Tensor,
+    delta: torch.Tensor,
+    terms: RegularizationTerms = (None, None),
+    *,
+    regularize: bool = False,
+    solver: SolverConfig | None = None,
+    trace: TraceMethod | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, RegularizationTerms]:
+    """Integrate CNF ``blocks`` in order from data towards the base: the state ``z``, the
+    accumulated log-density change ``delta`` (log p(x) = log p(z) − delta, Sparse Flows
+    Eq. 2) and, when ``regularize``, RNODE's kinetic-energy and Jacobian-norm terms summed
+    over blocks onto ``terms`` (RNODE Eq. 4; ``(None, None)`` before the first block)."""
+    kinetic, jacobian = terms
+    for block in blocks:
+        out = block(
+            z, delta, regularize=regularize, solver=solver, trace=trace, generator=generator
+        )
+        z, delta = out[0], out[1]
+        if regularize:
+            kinetic = out[2] if kinetic is None else kinetic + out[2]
+            jacobian = out[3] if jacobian is None else jacobian + out[3]
+    return z, delta, (kinetic, jacobian)
+
+
 class ContinuousFlow(nn.Module):
     """A stack of CNF blocks over a standard normal base (FFJORD).
 
@@ -430,17 +460,11 @@ class ContinuousFlow(nn.Module):
         generator: torch.Generator | None = None,
     ) -> FlowOutput:
         nfe0 = self.nfe
-        z = x
         delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        kinetic = jacobian = None
-        for block in self.blocks:
-            out = block(
-                z, delta, regularize=regularize, solver=solver, trace=trace, generator=generator
-            )
-            z, delta = out[0], out[1]
-            if regularize:
-                kinetic = out[2] if kinetic is None else kinetic + out[2]
-                jacobian = out[3] if jacobian is None else jacobian + out[3]
+        z, delta, (kinetic, jacobian) = run_blocks(
+            self.blocks, x, delta, regularize=regularize, solver=solver, trace=trace,
+            generator=generator,
+        )  # fmt: skip
         log_prob = standard_normal_logprob(z) - delta
         return FlowOutput(z, log_prob, kinetic, jacobian, self.nfe - nfe0)
 

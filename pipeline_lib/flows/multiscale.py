@@ -49,7 +49,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pipeline_lib.flows.cnf import CNF, FlowOutput, SolverConfig, standard_normal_logprob
+from pipeline_lib.flows.cnf import (
+    CNF,
+    FlowOutput,
+    SolverConfig,
+    run_blocks,
+    standard_normal_logprob,
+)
 from pipeline_lib.flows.images import (
     LOGIT_ALPHA,
     dequantize,
@@ -257,21 +263,13 @@ class MultiscaleFlow(nn.Module):
         x = self._prepare(x, generator)
         z, logdet = logit_transform(x, self.config.alpha)
         delta = -logdet  # the blocks accumulate log p(x) = log p(z) − delta
-        kinetic = jacobian = None
+        terms = (None, None)
+        step = dict(regularize=regularize, solver=solver, trace=trace, generator=generator)
         factored = []
         for s in range(self.n_scales):
-            chain = list(self.pre[s])
-            for i, block in enumerate(chain + (list(self.post[s]) if s < len(self.post) else [])):
-                if i == len(chain):
-                    z = squeeze(z)
-                out = block(
-                    z, delta, regularize=regularize, solver=solver, trace=trace, generator=generator
-                )
-                z, delta = out[0], out[1]
-                if regularize:
-                    kinetic = out[2] if kinetic is None else kinetic + out[2]
-                    jacobian = out[3] if jacobian is None else jacobian + out[3]
+            z, delta, terms = run_blocks(self.pre[s], z, delta, terms, **step)
             if s < self.n_scales - 1:
+                z, delta, terms = run_blocks(self.post[s], squeeze(z), delta, terms, **step)
                 half = z.shape[1] // 2
                 factored.append(z[:, half:])
                 z = z[:, :half]
@@ -279,7 +277,7 @@ class MultiscaleFlow(nn.Module):
         log_px = sum(standard_normal_logprob(f) for f in factored) - delta
         log_prob = log_px - self.num_dims * math.log(256.0)
         flat = torch.cat([f.flatten(1) for f in factored], dim=1)
-        return FlowOutput(flat, log_prob, kinetic, jacobian, self.nfe - nfe0)
+        return FlowOutput(flat, log_prob, *terms, self.nfe - nfe0)
 
     def inverse(
         self,

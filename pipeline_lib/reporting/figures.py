@@ -157,6 +157,37 @@ def _prune_ratios(
     return ratios
 
 
+def _chains(arrays) -> list[tuple[str, int, str]]:
+    """The (experiment, seed, method) chains of ``arrays``' keys, pruned ones only, or the
+    dense flows when nothing was pruned."""
+    rows = sorted({(e, s, m) for (e, s, m, r) in arrays if m != "dense"})
+    return rows or sorted({(e, s, "dense") for (e, s, m, r) in arrays})
+
+
+def _chain_keys(arrays, chain: tuple[str, int, str], columns: int | None = None) -> list:
+    """The keys of one chain in ``arrays``: its dense flow, then its rounds in order; with
+    ``columns``, at most that many of them, spread evenly from the first to the last."""
+    import numpy as np
+
+    exp, seed, method = chain
+    rounds = sorted(r for (e, s, m, r) in arrays if (e, s, m) == chain)
+    keys = [(exp, seed, "dense", 0)] + [(exp, seed, method, r) for r in rounds]
+    keys = [k for k in dict.fromkeys(keys) if k in arrays]
+    if columns is None or not keys:
+        return keys
+    pick = np.unique(np.linspace(0, len(keys) - 1, min(columns, len(keys))).round().astype(int))
+    return [keys[i] for i in pick]
+
+
+def _placeholder(text: str, png: str | Path, pdf: str | Path | None):
+    """A figure that says why it is empty, so that the rule's output exists."""
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    _save(fig, png, pdf)
+    return fig
+
+
 def plot_density_grid(
     summary_path: str | Path,
     snapshot_paths,
@@ -171,23 +202,16 @@ def plot_density_grid(
     style()
     snaps = _load_arrays(snapshot_paths, "log_density")
     ratios = _prune_ratios(read_parquet(summary_path))
-    rows = sorted({(e, s, m) for (e, s, m, r) in snaps if m != "dense"})
-    if not rows:
-        rows = sorted({(e, s, "dense") for (e, s, m, r) in snaps})
+    rows = _chains(snaps)
     fig, axes = plt.subplots(
         len(rows), max_columns, figsize=(1.9 * max_columns, 2.0 * len(rows)), squeeze=False
     )
     for ax_row, (exp, seed, method) in zip(axes, rows, strict=True):
-        rounds = sorted(r for (e, s, m, r) in snaps if (e, s, m) == (exp, seed, method))
-        keys = [(exp, seed, "dense", 0)] + [(exp, seed, method, r) for r in rounds]
-        keys = [k for k in keys if k in snaps]
-        pick = np.unique(
-            np.linspace(0, len(keys) - 1, min(max_columns, len(keys))).round().astype(int)
-        )
+        keys = _chain_keys(snaps, (exp, seed, method), max_columns)
         for ax in ax_row:
             ax.axis("off")
-        for ax, idx in zip(ax_row, pick, strict=False):
-            snap = snaps[keys[idx]]
+        for ax, key in zip(ax_row, keys, strict=False):
+            snap = snaps[key]
             g = snap["grid"]
             ax.imshow(
                 np.exp(snap["log_density"]),
@@ -196,7 +220,7 @@ def plot_density_grid(
                 cmap="magma",
                 interpolation="bilinear",
             )
-            ax.set_title(f"PR {100 * ratios.get(keys[idx], 0.0):.0f}%", fontsize=8)
+            ax.set_title(f"PR {100 * ratios.get(key, 0.0):.0f}%", fontsize=8)
         ax_row[0].text(
             -0.08,
             0.5,
@@ -359,22 +383,16 @@ def plot_decision_boundaries(
     ratios = _prune_ratios(summary, "nominal")  # the released schedule's, as Fig. 9 names them
     measured = _prune_ratios(summary, "measured")
     rows = []
-    for exp, seed, method in sorted({(e, s, m) for (e, s, m, r) in arrays if m != "dense"}):
-        keys = [k for k in arrays if k[:3] == (exp, seed, method)]
-        keys = [(exp, seed, "dense", 0), *sorted(keys, key=lambda k: k[3])]
-        keys = [k for k in keys if k in arrays]
+    for chain in sorted({(e, s, m) for (e, s, m, r) in arrays if m != "dense"}):
+        keys = _chain_keys(arrays, chain)
         picked = []
         for target in prune_ratios:
             best = min(keys, key=lambda k, t=target: abs(ratios.get(k, 0.0) - t))
             if best not in picked:
                 picked.append(best)
-        rows += [(method, k) for k in picked]
+        rows += [(chain[2], k) for k in picked]
     if not rows:
-        fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "no classifier in this run", ha="center", va="center")
-        ax.axis("off")
-        _save(fig, png, pdf)
-        return fig
+        return _placeholder("no classifier in this run", png, pdf)
     fig, axes = plt.subplots(len(rows), 3, figsize=(11, 3.2 * len(rows)), squeeze=False)
     colors = np.array(["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"])
     for ax_row, (method, key) in zip(axes, rows, strict=True):
@@ -436,37 +454,24 @@ def plot_sample_grids(
     """Samples of image flows per prune ratio (Sparse Flows Fig. 1's samples, §4.3): one row
     per image experiment and method (first seed), columns from the dense flow to the sparsest
     round, each a 10 × 10 grid drawn from the same latent noise."""
-    import numpy as np
 
     style()
     grids = _load_arrays(snapshot_paths, "images")
     ratios = _prune_ratios(read_parquet(summary_path), "nominal")
-    rows = sorted({(e, s, m) for (e, s, m, r) in grids if m != "dense"})
+    rows = _chains(grids)
     if not rows:
-        rows = sorted({(e, s, "dense") for (e, s, m, r) in grids})
-    if not rows:
-        fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "no image flow in this run", ha="center", va="center")
-        ax.axis("off")
-        _save(fig, png, pdf)
-        return fig
-    most = max(sum(1 for k in grids if k[:3] == row or k[2] == "dense") for row in rows)
-    max_columns = min(max_columns, most)
+        return _placeholder("no image flow in this run", png, pdf)
+    columns = {row: _chain_keys(grids, row, max_columns) for row in rows}
+    width = max(len(keys) for keys in columns.values())
     fig, axes = plt.subplots(
-        len(rows), max_columns, figsize=(2.2 * max_columns, 2.4 * len(rows)), squeeze=False
+        len(rows), width, figsize=(2.2 * width, 2.4 * len(rows)), squeeze=False
     )
     for ax_row, (exp, seed, method) in zip(axes, rows, strict=True):
-        rounds = sorted(r for (e, s, m, r) in grids if (e, s, m) == (exp, seed, method))
-        keys = [(exp, seed, "dense", 0)] + [(exp, seed, method, r) for r in rounds]
-        keys = [k for k in keys if k in grids]
-        pick = np.unique(
-            np.linspace(0, len(keys) - 1, min(max_columns, len(keys))).round().astype(int)
-        )
         for ax in ax_row:
             ax.axis("off")
-        for ax, idx in zip(ax_row, pick, strict=False):
-            ax.imshow(_tile(grids[keys[idx]]["images"]), cmap="gray", interpolation="nearest")
-            ax.set_title(f"PR {100 * ratios.get(keys[idx], 0.0):.0f}%", fontsize=8)
+        for ax, key in zip(ax_row, columns[(exp, seed, method)], strict=False):
+            ax.imshow(_tile(grids[key]["images"]), cmap="gray", interpolation="nearest")
+            ax.set_title(f"PR {100 * ratios.get(key, 0.0):.0f}%", fontsize=8)
         ax_row[0].text(-0.08, 0.5, f"{exp}\n{method}", transform=ax_row[0].transAxes,
                        ha="right", va="center", fontsize=8)  # fmt: skip
     fig.tight_layout()
