@@ -84,7 +84,10 @@ class ModelFamily:
 
     def __post_init__(self) -> None:
         if (self.sample_kind is not None) != ("samples" in self.metrics):
-            raise ValueError(f"family {self.name!r}: a samples metric needs a sample_kind")
+            raise ValueError(
+                f"family {self.name!r}: set sample_kind exactly when 'samples' is one of its "
+                "metrics"
+            )
         if self.sample_kind not in (None, *SAMPLE_KINDS):
             raise ValueError(f"family {self.name!r}: sample_kind one of {SAMPLE_KINDS}")
 

@@ -29,9 +29,9 @@ def test_sample_metric_and_sample_kind_go_together():
     ffjord = FAMILIES["ffjord"]
     assert ffjord.sample_kind == "points" and FAMILIES["multiscale"].sample_kind == "images"
     assert FAMILIES["classifier"].sample_kind is None
-    with pytest.raises(ValueError, match="needs a sample_kind"):
+    with pytest.raises(ValueError, match="set sample_kind exactly when"):
         replace(ffjord, sample_kind=None)
-    with pytest.raises(ValueError, match="needs a sample_kind"):
+    with pytest.raises(ValueError, match="set sample_kind exactly when"):
         replace(FAMILIES["classifier"], sample_kind="points")
     with pytest.raises(ValueError, match="sample_kind one of"):
         replace(ffjord, sample_kind="voxels")
