@@ -161,3 +161,33 @@ def test_shrunk_pipeline_config_plans_a_small_run(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "prune_round" in res.stdout
+
+
+def test_denormal_benchmark_on_a_trained_round(tmp_path):
+    """``benchmarks.denormals`` on a round laid out as a study's: it finds the study's
+    training split, times both settings, and the flushed numbers equal the unflushed ones."""
+    from benchmarks.denormals import default_data, measure, render
+    from pipeline_lib.experiment import load_experiments
+    from pipeline_lib.stages import make_toy_data, train_round
+
+    entry = {
+        "dataset": "gaussians",
+        "data": {"n_per_mode": 40},
+        "model": {"hidden_dims": [8], "layer_type": "mlp", "activation": "sigmoid"},
+        "solver": {"method": "rk4", "step_size": 0.5},
+        "train": {"epochs": 1, "batch_size": 64},
+        "prune": {"methods": ["structured"], "rounds": 1},
+    }
+    exp = load_experiments({"experiments": {"tiny": entry}})["tiny"]
+    study = tmp_path / "study"
+    make_toy_data(exp.dataset, exp.data, study / "data" / "gaussians")
+    r0 = study / "tiny" / "seed0" / "round000"
+    train_round(exp, seed=0, method=None, round_index=0, data_dir=study / "data" / "gaussians",
+                out_model=r0 / "model.pt", out_record=r0 / "round.json")  # fmt: skip
+    data = default_data(r0 / "model.pt")
+    assert data == study / "data" / "gaussians" / "train.npy"
+    res = measure(r0 / "model.pt", data, batch_size=64, repeats=2)
+    assert len(res["raw"]["on"]["hvp_wall"]) == 2 * 3
+    assert res["loss_difference"] < 1e-5 and res["hvp_relative_difference"] < 1e-5
+    assert "speed-up" in render(res)
+    assert not bool(torch.tensor([1e-39]) * 1.0 == 0)  # the flush is off again

@@ -24,6 +24,7 @@ from pipeline_lib.devices import (
     DeviceLease,
     acquire_device,
     default_lock_dir,
+    flush_denormals,
     set_torch_threads,
     visible_devices,
 )
@@ -295,3 +296,45 @@ def test_set_torch_threads() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="positive integer"):
             set_torch_threads(bad)
+
+
+def test_flush_denormals_zeroes_subnormals_and_keeps_a_saturated_flows_numbers() -> None:
+    """With the flush on, float32 subnormals become 0; a saturated sigmoid flow (pre-
+    activations of tens, as trained toy flows have) gives the same log-density and HVP as
+    with the flush off, to float32 rounding."""
+    from pipeline_lib.evaluation.hessian import HessianOperator
+    from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
+
+    tiny = torch.tensor([1e-39, 1e-40])  # float32 subnormals
+    torch.manual_seed(0)
+    cfg = FlowConfig(
+        dim=2,
+        hidden_dims=(16, 16),
+        activation="sigmoid",
+        layer_type="mlp",
+        trace="hutchinson",
+        solver=SolverConfig(method="rk4", step_size=0.25),
+    )
+    flow = build_flow(cfg)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.mul_(25.0)  # saturate the sigmoids
+    x = torch.randn(256, 2)
+    v = torch.randn(sum(p.numel() for p in flow.parameters()), dtype=torch.float64)
+    results = {}
+    try:
+        for flush in (False, True):
+            supported = flush_denormals(flush)
+            if flush and not supported:
+                pytest.skip("this CPU cannot flush subnormals")
+            assert bool((tiny * 1.0 == 0).all()) == flush
+            logp = flow.log_prob(x, generator=torch.Generator().manual_seed(1))
+            hvp = HessianOperator(flow, x, noise_seed=1)(v)
+            results[flush] = (logp.detach(), hvp)
+    finally:
+        flush_denormals(False)
+    assert bool((tiny * 1.0 != 0).all())  # back to torch's default
+    (logp_off, hvp_off), (logp_on, hvp_on) = results[False], results[True]
+    assert torch.isfinite(logp_on).all()
+    torch.testing.assert_close(logp_on, logp_off, rtol=1e-5, atol=1e-5)
+    assert float((hvp_on - hvp_off).norm() / hvp_off.norm()) < 1e-5

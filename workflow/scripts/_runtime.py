@@ -35,11 +35,13 @@ def setup_logging(smk) -> logging.Logger:
 
 @contextlib.contextmanager
 def torch_job(smk):
-    """Logging, ``threads:`` torch threads and an exclusive device for a torch rule."""
-    from pipeline_lib.devices import acquire_device, set_torch_threads
+    """Logging, ``threads:`` torch threads, subnormals flushed to zero and an exclusive device
+    for a torch rule."""
+    from pipeline_lib.devices import acquire_device, flush_denormals, set_torch_threads
 
     log = setup_logging(smk)
     set_torch_threads(smk.threads)
+    flush_denormals()
     with acquire_device(smk.params.get("device", "auto")) as lease:
         log.info("device %s, %d thread(s)", lease.device, smk.threads)
         yield log, lease.device
