@@ -2,24 +2,28 @@
 
 A trained sigmoid flow saturates, and products of ``σ'`` underflow into float32's subnormal
 range, where x86 arithmetic is tens of times slower. This measures, on one trained round's
-checkpoint, the two costs that dominate a study on a CPU, with the flush off and on,
-interleaved (the order alternates every repeat), in one process:
+checkpoint of a vector-data flow, the two costs that dominate a toy study on a CPU, with the
+flush off and on, interleaved (the order alternates every repeat), in one process and on one
+thread (the flush is a per-thread setting: one thread keeps the comparison clean, and the
+toy studies train on one thread per job):
 
 - a training step: forward and backward of the mean NLL of one batch, with the flow's own
-  trace estimator and solver (what ``train`` runs);
-- one Hessian-vector product of the evaluation's operator (``HessianOperator`` on a random
-  10 % of the training split, graph reused, as ``hessian_metrics`` runs it): the operator is
-  built under each setting, its first HVP is not timed, the next 3 are.
+  trace estimator (fixed noise) and solver, as ``train`` runs it;
+- Hessian-vector products of the evaluation's operator: ``HessianOperator`` on the points
+  ``hessian_metrics`` selects with the default ``HessianConfig`` (10 % of the training split)
+  and the flow's own solver and divergence, graph reused. The operator is built under each
+  setting; its first HVP is not timed, the next ``hvp_repeats`` are.
 
-It also reports how far the flushed results are from the unflushed ones (the loss, and the
-relative difference of the HVP). Usage, from the repository root::
+It reports medians of wall and CPU seconds (CPU seconds are less affected by other jobs on
+the machine), and how far the flushed results are from the unflushed ones. Usage, from the
+repository root::
 
     python -m benchmarks.denormals --checkpoint \\
         results/paper/spirals/gaussianspiral/seed0/round000/model.pt
 
-The training split defaults to ``<study>/data/<dataset>/train.npy`` of the checkpoint's study
-(the dataset is read from the round's ``round.json``). Results go to ``--out`` as JSON and
-are printed as Markdown.
+The training split is the study's prepared data directory of the round's dataset
+(``<study>/data/<dataset>`` or the one ``<study>/data/<dataset>-<hash>``); give ``--data``
+where that is ambiguous. Results go to ``--out`` as JSON and are printed as Markdown.
 """
 
 from __future__ import annotations
@@ -30,17 +34,25 @@ import logging
 import resource
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from pipeline_lib.devices import flush_denormals
-from pipeline_lib.evaluation.hessian import HessianOperator
-from pipeline_lib.stages import load_model
+from pipeline_lib.data import DataSplits, load_splits
+from pipeline_lib.devices import flushed_denormals
+from pipeline_lib.evaluation.hessian import HessianConfig, HessianOperator, _select_points
+from pipeline_lib.layout import Layout
+from pipeline_lib.manifest import MANIFEST_NAME
+from pipeline_lib.stages import load_model, read_record
 
 log = logging.getLogger("sparseflows.benchmarks.denormals")
+
+#: Timed HVPs per operator and repeat.
+HVP_REPEATS = 3
+
+_KEYS = ("step_wall", "step_cpu", "hvp_wall", "hvp_cpu")
 
 
 def _cpu_seconds() -> float:
@@ -48,35 +60,72 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def default_data(checkpoint: Path) -> Path:
-    """``<study>/data/<dataset>/train.npy`` for ``<study>/<exp>/seed<s>/[<method>/]roundNNN/model.pt``."""
-    record = json.loads((checkpoint.parent / "round.json").read_text())
-    depth = 3 if record.get("method") == "dense" else 4
-    return checkpoint.parents[depth] / "data" / record["dataset"] / "train.npy"
-
-
-def _timed(fn) -> tuple[float, float]:
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()``."""
     wall, cpu = time.perf_counter(), _cpu_seconds()
     fn()
     return time.perf_counter() - wall, _cpu_seconds() - cpu
+
+
+def default_data(checkpoint: Path) -> Path:
+    """The prepared data directory of a round's dataset in the round's own study.
+
+    The study root is the nearest parent holding the study manifest; the round's record must
+    sit where :class:`Layout` puts it. A study's data directory is ``data/<data id>``, where
+    the id is the dataset name or, with non-default data settings, the name and a hash: the
+    one matching directory is taken.
+
+    Raises:
+        SystemExit: the checkpoint is not inside a study, or the data directory is missing
+            or ambiguous (the message asks for ``--data``).
+    """
+    checkpoint = checkpoint.resolve()
+    root = next((p for p in checkpoint.parents if (p / MANIFEST_NAME).is_file()), None)
+    if root is None:
+        raise SystemExit(f"{checkpoint} is not inside a study (no {MANIFEST_NAME}); give --data")
+    rec = read_record(checkpoint.parent / "round.json")
+    method = None if rec["method"] == "dense" else rec["method"]
+    expected = Layout(str(root)).checkpoint_dir(
+        rec["experiment"], method, rec["seed"], rec["round"]
+    )
+    if Path(expected) != checkpoint.parent:
+        raise SystemExit(f"{checkpoint} is not where its study keeps that round; give --data")
+    layout = Layout(str(root))
+    candidates = [
+        p
+        for p in sorted((root / "data").glob(f"{rec['dataset']}*"))
+        if p == Path(layout.data_dir(rec["dataset"])) or p.name.startswith(f"{rec['dataset']}-")
+    ]
+    if len(candidates) != 1:
+        found = ", ".join(str(p) for p in candidates) or "none"
+        raise SystemExit(
+            f"found {len(candidates)} data directories for {rec['dataset']!r} in {root}/data "
+            f"({found}); give --data"
+        )
+    return candidates[0]
 
 
 def measure(
     checkpoint: Path,
     data: Path,
     batch_size: int = 1024,
-    hessian_fraction: float = 0.1,
     repeats: int = 7,
+    hvp_repeats: int = HVP_REPEATS,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Median wall and CPU seconds of a training step and of an HVP, flush off and on."""
+    splits = load_splits(data)
+    if not isinstance(splits, DataSplits):
+        raise SystemExit(f"{data} holds images; this benchmark measures vector-data flows")
     model = load_model(checkpoint)
-    x = torch.from_numpy(np.load(data)).float()
-    g = torch.Generator().manual_seed(seed)
-    batch = x[torch.randperm(x.shape[0], generator=g)[:batch_size]]
-    points = x[torch.randperm(x.shape[0], generator=g)[: int(hessian_fraction * x.shape[0])]]
-    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=g, dtype=torch.float64)
-    hvp_repeats = 3
+    x = torch.as_tensor(splits.train, dtype=torch.float32)
+    batch = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))]
+    batch = batch[:batch_size]
+    hcfg = HessianConfig(seed=seed, noise_seed=seed)
+    points = _select_points(x, hcfg.num_points, hcfg.fraction, hcfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    v = torch.randn(n_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    results: dict[bool, dict[str, list[float]]] = {f: {k: [] for k in _KEYS} for f in (False, True)}
 
     def step() -> float:
         model.zero_grad(set_to_none=True)
@@ -87,7 +136,7 @@ def measure(
 
     def hvps(flush: bool, record: bool) -> tuple[float, torch.Tensor]:
         """Build the operator under the setting (one graph alive at a time), then time HVPs."""
-        op = HessianOperator(model, points, noise_seed=seed)
+        op = HessianOperator(model, points, noise_seed=hcfg.noise_seed)
         out = op(v)  # the first HVP allocates the double-backward buffers: not timed
         for _ in range(hvp_repeats if record else 0):
             wall, cpu = _timed(lambda: op(v))
@@ -95,45 +144,46 @@ def measure(
             results[flush]["hvp_cpu"].append(cpu)
         return op.loss_value, out
 
-    keys = ("step_wall", "step_cpu", "hvp_wall", "hvp_cpu")
-    results: dict[bool, dict[str, list[float]]] = {f: {k: [] for k in keys} for f in (False, True)}
-    outputs: dict[bool, dict] = {}
-    supported = flush_denormals(True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    outputs: dict[bool, dict[str, Any]] = {}
     try:
         for flush in (False, True):  # warm up; keep the outputs to compare
-            flush_denormals(flush)
-            loss = step()
-            hessian_loss, hvp = hvps(flush, record=False)
+            with flushed_denormals(flush) as supported:
+                if flush and not supported:
+                    raise SystemExit("this CPU cannot flush subnormals: nothing to measure")
+                loss = step()
+                hessian_loss, hvp = hvps(flush, record=False)
             outputs[flush] = {"loss": loss, "hessian_loss": hessian_loss, "hvp": hvp}
         for k in range(repeats):
             for flush in (False, True) if k % 2 == 0 else (True, False):
-                flush_denormals(flush)
-                wall, cpu = _timed(step)
-                results[flush]["step_wall"].append(wall)
-                results[flush]["step_cpu"].append(cpu)
-                hvps(flush, record=True)
+                with flushed_denormals(flush):
+                    wall, cpu = _timed(step)
+                    results[flush]["step_wall"].append(wall)
+                    results[flush]["step_cpu"].append(cpu)
+                    hvps(flush, record=True)
                 log.info(
-                    "repeat %d flush=%s: step %.3f s, HVP %.3f s",
+                    "repeat %d, flush %s: step %.3f s, HVP %.3f s",
                     k,
-                    flush,
+                    "on" if flush else "off",
                     wall,
                     results[flush]["hvp_wall"][-1],
                 )
     finally:
-        flush_denormals(False)  # torch's default
+        torch.set_num_threads(threads)
     med = {f: {k: statistics.median(v) for k, v in r.items()} for f, r in results.items()}
     hvp_off, hvp_on = outputs[False]["hvp"], outputs[True]["hvp"]
     return {
         "checkpoint": str(checkpoint),
         "data": str(data),
-        "supported": supported,
-        "threads": torch.get_num_threads(),
-        "batch_size": batch_size,
+        "threads": 1,
+        "batch_size": int(batch.shape[0]),
         "hessian_points": int(points.shape[0]),
         "repeats": repeats,
+        "hvp_repeats": hvp_repeats,
         "median": {"off": med[False], "on": med[True]},
         "raw": {"off": results[False], "on": results[True]},
-        "speedup": {k: med[False][k] / med[True][k] for k in med[False]},
+        "speedup": {k: med[False][k] / med[True][k] for k in _KEYS},
         "loss_difference": abs(outputs[False]["loss"] - outputs[True]["loss"]),
         "hessian_loss_difference": abs(
             outputs[False]["hessian_loss"] - outputs[True]["hessian_loss"]
@@ -144,11 +194,12 @@ def measure(
     }
 
 
-def render(res: dict) -> str:
+def render(res: dict[str, Any]) -> str:
+    """The result of :func:`measure` as a Markdown table with the agreement line."""
     lines = [
-        f"Flush of subnormals on `{res['checkpoint']}` ({res['threads']} thread(s), batch "
-        f"{res['batch_size']}, HVP on {res['hessian_points']} points), medians of "
-        f"{res['repeats']} interleaved repeats:",
+        f"Flush of subnormals on `{res['checkpoint']}` (1 thread, batch {res['batch_size']}, "
+        f"HVP on {res['hessian_points']} points), medians of {res['repeats']} interleaved "
+        f"repeats ({res['hvp_repeats']} HVPs each):",
         "",
         "| cost | flush off | flush on | speed-up |",
         "|---|---|---|---|",
@@ -175,14 +226,12 @@ def render(res: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="a round's model.pt")
-    p.add_argument("--data", type=Path, help="training split .npy (default: the study's)")
+    p.add_argument("--data", type=Path, help="prepared data directory (default: the study's)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/denormals.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
     data = args.data or default_data(args.checkpoint)
     res = measure(args.checkpoint, data, args.batch_size, repeats=args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)

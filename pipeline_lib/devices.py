@@ -28,9 +28,9 @@ same ids.
 the ``threads:`` of the rule, so that ``--cores`` is respected when many jobs run at once.
 
 **Subnormal numbers.** :func:`flush_denormals` makes the CPU treat subnormal floats as zero.
-Every torch rule calls it: trained sigmoid flows saturate, and the products of ``σ'`` in the
-divergence and in the Hessian's double backward then underflow into the subnormal range,
-where x86 arithmetic is tens of times slower.
+Every torch rule calls it before any torch work: trained sigmoid flows saturate, and the
+products of ``σ'`` in the divergence and in the Hessian's double backward then underflow into
+the subnormal range, where x86 arithmetic is tens of times slower.
 
 Example (the script of a GPU rule with ``threads: 4`` and ``resources: gpu=1``)::
 
@@ -41,6 +41,7 @@ Example (the script of a GPU rule with ``threads: 4`` and ``resources: gpu=1``):
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -48,7 +49,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -65,7 +66,9 @@ __all__ = [
     "DeviceLease",
     "acquire_device",
     "default_lock_dir",
+    "denormals_flushed",
     "flush_denormals",
+    "flushed_denormals",
     "set_torch_threads",
     "visible_devices",
 ]
@@ -375,25 +378,48 @@ def _activate(lease: DeviceLease, set_device: bool) -> DeviceLease:
     return lease
 
 
+def denormals_flushed() -> bool:
+    """Whether the calling thread's CPU arithmetic flushes subnormal floats to zero (the
+    smallest float32 subnormal, made by reinterpreting the bits of the integer 1, times 1)."""
+    smallest = torch.ones(1, dtype=torch.int32).view(torch.float32)
+    return bool(smallest * 1.0 == 0)
+
+
 def flush_denormals(enabled: bool = True) -> bool:
     """Flush subnormal floats to zero on the CPU (``torch.set_flush_denormal``); returns
-    whether the CPU supports it (x86 with SSE3; elsewhere this is a no-op returning False).
+    whether the CPU supports it (False, and nothing changes, where it does not).
 
-    A sigmoid flow trained on the toy data has pre-activations of tens (first-layer weights
-    up to ≈ 20 on the Gaussians), so ``σ'(a) = σ(a)(1 − σ(a))`` and its products in the
-    divergence and in Hessian-vector products fall below float32's smallest normal number
-    (1.2e-38). Arithmetic on such subnormals is ≈ 30 times slower on x86 (a [1638, 64]
-    product: 14 µs normal, 424 µs subnormal). Measured on the trained dense l4_h64
-    GaussianSpiral flow (``python -m benchmarks.denormals``): see benchmarks/README.md.
+    Why: a sigmoid flow trained on the toy data saturates (pre-activations of tens), so
+    ``σ'(a) = σ(a)(1 − σ(a))`` and its products in the divergence and in Hessian-vector
+    products fall below float32's smallest normal number (1.2e-38). Arithmetic on such
+    subnormals is ≈ 30 times slower on x86 (a [1638, 64] product: 14 µs on normal numbers,
+    424 µs on subnormals). ``python -m benchmarks.denormals`` measures the effect on a trained
+    round (benchmarks/README.md): 1.16× per training step and per HVP on the dense l4_h64
+    GaussianSpiral flow (learning rate 5e-2), none on a Gaussians l2_h128 flow (5e-3).
 
     What it changes: values below 1.2e-38 in magnitude (2.2e-308 in float64) become 0.
     Every quantity the pipeline reports is a log-density, a mean or a Ritz value far above
-    that, and log-densities are computed in log space, so results agree with the unflushed
-    ones to rounding level (``tests/test_devices.py`` checks a saturated flow's log-density
-    and Hessian-vector product). The setting is per process and covers CPU arithmetic only;
-    library code called outside the workflow keeps torch's default unless it calls this.
+    that, and log-densities are computed in log space; on the checkpoints measured, the loss
+    and the HVP were bit-identical, and ``tests/test_devices.py`` checks a saturated flow's
+    log-density and HVP to rounding level.
+
+    Scope: the setting is a CPU control register of the *calling thread*; threads created
+    afterwards inherit it, threads that already exist keep theirs. Call it before any parallel
+    torch work (torch starts its intra-op pool lazily, at the first parallel operation), as
+    the workflow's ``torch_job`` does. GPU arithmetic is unaffected.
     """
     return bool(torch.set_flush_denormal(bool(enabled)))
+
+
+@contextlib.contextmanager
+def flushed_denormals(enabled: bool = True) -> Iterator[bool]:
+    """:func:`flush_denormals` inside the block, the calling thread's previous setting after
+    it; yields whether the CPU supports the flush."""
+    before = denormals_flushed()
+    try:
+        yield flush_denormals(enabled)
+    finally:
+        flush_denormals(before)
 
 
 def set_torch_threads(n: int) -> None:

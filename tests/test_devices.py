@@ -11,6 +11,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,7 +26,9 @@ from pipeline_lib.devices import (
     DeviceLease,
     acquire_device,
     default_lock_dir,
+    denormals_flushed,
     flush_denormals,
+    flushed_denormals,
     set_torch_threads,
     visible_devices,
 )
@@ -300,12 +304,12 @@ def test_set_torch_threads() -> None:
 
 def test_flush_denormals_zeroes_subnormals_and_keeps_a_saturated_flows_numbers() -> None:
     """With the flush on, float32 subnormals become 0; a saturated sigmoid flow (pre-
-    activations of tens, as trained toy flows have) gives the same log-density and HVP as
-    with the flush off, to float32 rounding."""
+    activations of tens, as trained toy flows have; its log-density and HVP pass through
+    hundreds of subnormals unflushed) gives the same log-density and HVP as with the flush
+    off, to float32 rounding. The context manager restores the previous setting."""
     from pipeline_lib.evaluation.hessian import HessianOperator
     from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
 
-    tiny = torch.tensor([1e-39, 1e-40])  # float32 subnormals
     torch.manual_seed(0)
     cfg = FlowConfig(
         dim=2,
@@ -321,20 +325,50 @@ def test_flush_denormals_zeroes_subnormals_and_keeps_a_saturated_flows_numbers()
             p.mul_(25.0)  # saturate the sigmoids
     x = torch.randn(256, 2)
     v = torch.randn(sum(p.numel() for p in flow.parameters()), dtype=torch.float64)
+    before = denormals_flushed()
     results = {}
-    try:
-        for flush in (False, True):
-            supported = flush_denormals(flush)
+    for flush in (False, True):
+        with flushed_denormals(flush) as supported:
             if flush and not supported:
                 pytest.skip("this CPU cannot flush subnormals")
-            assert bool((tiny * 1.0 == 0).all()) == flush
+            assert denormals_flushed() == flush
             logp = flow.log_prob(x, generator=torch.Generator().manual_seed(1))
             hvp = HessianOperator(flow, x, noise_seed=1)(v)
             results[flush] = (logp.detach(), hvp)
-    finally:
-        flush_denormals(False)
-    assert bool((tiny * 1.0 != 0).all())  # back to torch's default
+        assert denormals_flushed() == before
     (logp_off, hvp_off), (logp_on, hvp_on) = results[False], results[True]
     assert torch.isfinite(logp_on).all()
     torch.testing.assert_close(logp_on, logp_off, rtol=1e-5, atol=1e-5)
     assert float((hvp_on - hvp_off).norm() / hvp_off.norm()) < 1e-5
+
+
+_TORCH_JOB_PROBE = """
+import sys, types
+sys.path.insert(0, "workflow/scripts")
+import torch
+from _runtime import torch_job
+from pipeline_lib.devices import denormals_flushed
+smk = types.SimpleNamespace(log=[], rule="probe", wildcards={}, threads=2, params={})
+assert not denormals_flushed()
+with torch_job(smk) as (log, device):
+    big = torch.ones(200_000, dtype=torch.int32).view(torch.float32)  # subnormals, 2 threads
+    print(denormals_flushed(), int((big * 1.0 == 0).sum()), big.numel())
+"""
+
+
+def test_torch_job_flushes_subnormals_on_every_thread() -> None:
+    """The start-up of every torch rule flushes subnormals before torch starts its threads, so
+    a multi-threaded product of subnormals is all zeros, not only on the main thread."""
+    if not flush_denormals(False):  # probe support without changing this process
+        pytest.skip("this CPU cannot flush subnormals")
+    proc = subprocess.run(
+        [sys.executable, "-c", _TORCH_JOB_PROBE],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    flushed, zeros, total = proc.stdout.split()
+    assert flushed == "True" and int(zeros) == int(total)
+    assert "subnormals flushed to zero: yes" in proc.stderr

@@ -40,8 +40,14 @@ def torch_job(smk):
     from pipeline_lib.devices import acquire_device, flush_denormals, set_torch_threads
 
     log = setup_logging(smk)
+    # before any torch work: the flush is per thread, inherited by threads created later
+    flushed = flush_denormals()
     set_torch_threads(smk.threads)
-    flush_denormals()
     with acquire_device(smk.params.get("device", "auto")) as lease:
-        log.info("device %s, %d thread(s)", lease.device, smk.threads)
+        log.info(
+            "device %s, %d thread(s), subnormals flushed to zero: %s",
+            lease.device,
+            smk.threads,
+            "yes" if flushed else "no (not supported by this CPU)",
+        )
         yield log, lease.device
