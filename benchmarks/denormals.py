@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import resource
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.timing import rotated, summarize
 from pipeline_lib.data import DataSplits, load_splits
 from pipeline_lib.devices import flushed_denormals
 from pipeline_lib.evaluation.hessian import HessianConfig, HessianOperator, _select_points
@@ -84,18 +84,13 @@ def default_data(checkpoint: Path) -> Path:
     if root is None:
         raise SystemExit(f"{checkpoint} is not inside a study (no {MANIFEST_NAME}); give --data")
     rec = read_record(checkpoint.parent / "round.json")
+    layout = Layout(str(root))
     method = None if rec["method"] == "dense" else rec["method"]
-    expected = Layout(str(root)).checkpoint_dir(
-        rec["experiment"], method, rec["seed"], rec["round"]
-    )
+    expected = layout.checkpoint_dir(rec["experiment"], method, rec["seed"], rec["round"])
     if Path(expected) != checkpoint.parent:
         raise SystemExit(f"{checkpoint} is not where its study keeps that round; give --data")
-    layout = Layout(str(root))
-    candidates = [
-        p
-        for p in sorted((root / "data").glob(f"{rec['dataset']}*"))
-        if p == Path(layout.data_dir(rec["dataset"])) or p.name.startswith(f"{rec['dataset']}-")
-    ]
+    plain = Path(layout.data_dir(rec["dataset"]))
+    candidates = [p for p in [plain, *sorted(plain.parent.glob(f"{plain.name}-*"))] if p.is_dir()]
     if len(candidates) != 1:
         found = ", ".join(str(p) for p in candidates) or "none"
         raise SystemExit(
@@ -156,7 +151,7 @@ def measure(
                 hessian_loss, hvp = hvps(flush, record=False)
             outputs[flush] = {"loss": loss, "hessian_loss": hessian_loss, "hvp": hvp}
         for k in range(repeats):
-            for flush in (False, True) if k % 2 == 0 else (True, False):
+            for flush in rotated([False, True], k):
                 with flushed_denormals(flush):
                     wall, cpu = _timed(step)
                     results[flush]["step_wall"].append(wall)
@@ -171,7 +166,7 @@ def measure(
                 )
     finally:
         torch.set_num_threads(threads)
-    med = {f: {k: statistics.median(v) for k, v in r.items()} for f, r in results.items()}
+    med = {f: {k: summarize(v)["median"] for k, v in r.items()} for f, r in results.items()}
     hvp_off, hvp_on = outputs[False]["hvp"], outputs[True]["hvp"]
     return {
         "checkpoint": str(checkpoint),
