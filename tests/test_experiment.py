@@ -170,7 +170,7 @@ def test_settings_hashes_of_the_default_study_are_stable():
 
     config = yaml.safe_load((SCHEMA.parents[2] / "config" / "config.yaml").read_text())
     exp = load_experiments(config)["gaussians"]
-    assert (exp.config_hash, exp.rerun_hash) == ("0e0314bdbe9c", "26bbef1b766f")
+    assert (exp.config_hash, exp.rerun_hash) == ("37e45c55160e", "26bbef1b766f")
     ablation = yaml.safe_load((SCHEMA.parents[2] / "config/paper/ablation.yaml").read_text())
     swept = load_experiments(ablation)
     name = sorted(swept)[0]

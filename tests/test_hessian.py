@@ -8,6 +8,7 @@ parameters with ``torch.func.functional_call``), differentiated twice with
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -384,38 +385,65 @@ def test_config_roundtrip_and_validation():
 
 
 def test_default_kappa_excludes_the_null_space_of_a_pruned_flow():
-    """A pruned flow whose hidden unit 0 feeds only pruned weights: its incoming weights and
-    bias span an exact null space of the masked Hessian. With the default relative threshold,
-    κ and the positive-Ritz sum from full Lanczos equal those of the dense eigendecomposition
-    (to 1 %); with threshold 0 (the released definition) κ is a ratio with a rounding-level
-    Ritz value."""
+    """A float32 pruned flow whose hidden unit 0 feeds only pruned weights: its incoming
+    weights and bias span an exact null space of the masked Hessian. With the default
+    threshold (10 float32 epsilons of λ_max), κ and the positive-Ritz sum from full Lanczos
+    in float32 equal those of the dense float64 eigendecomposition (to 1 %); with threshold 0
+    (the released definition) κ is a ratio with a rounding-level Ritz value. The stored Ritz
+    values give the reported κ back."""
+    from pipeline_lib.evaluation.hessian import rounding_rtol
     from pipeline_lib.pruning import apply_masks
 
     torch.manual_seed(3)
     solver = SolverConfig(method="rk4", step_size=0.25)
     cfg = FlowConfig(dim=2, hidden_dims=(4,), layer_type="mlp", solver=solver, trace="exact")
-    flow = build_flow(cfg).double()
+    flow = build_flow(cfg)
     out_layer = flow.blocks[0].dynamics.net.layers[-1].linear
     out_layer.weight_mask[:, 0] = 0
     apply_masks(flow)
-    x = torch.randn(32, 2, dtype=torch.float64) * 1.5
-    eigs = torch.linalg.eigvalsh(_dense_hessian(flow, x, "exact"))
+    x = torch.randn(32, 2) * 1.5
+    eigs = torch.linalg.eigvalsh(_dense_hessian(copy.deepcopy(flow).double(), x.double(), "exact"))
     scale = eigs.abs().max()
     assert int((eigs.abs() < 1e-12 * scale).sum()) == 3  # two weights and a bias of unit 0
-    positive = eigs[eigs > 1e-8 * scale]
+    positive = eigs[eigs > 1e-12 * scale]
+    assert positive.min() > 10 * rounding_rtol(torch.float32) * scale  # a gap above the default
     n = eigs.numel()
-    # the defaults (SLQ 100 steps x 3 runs, κ threshold 1e-8 λ_max) on all points
+    # the defaults (SLQ 100 steps x 3 runs, κ threshold 10 eps λ_max) on all points
     m = hessian_metrics(flow, x, HessianConfig(fraction=None, power_iters=0, trace_samples=0))
-    assert n < 100
+    assert n < 100 and m["kappa_rtol"] == pytest.approx(1.1920929e-6)
     assert m["lambda_max"] == pytest.approx(eigs.max().item(), rel=1e-2)
     assert m["kappa"] == pytest.approx((eigs.max() / positive.min()).item(), rel=1e-2)
     assert m["trace"] == pytest.approx(positive.sum().item(), rel=1e-2)
+    assert len(m["ritz_values"]) == len(m["ritz_weights"]) == 3
+    assert all(len(r) == n for r in m["ritz_values"])
+    assert all(sum(w) == pytest.approx(1.0) for w in m["ritz_weights"])
+    runs = [ritz_statistics(r, positive_rtol=m["kappa_rtol"]) for r in m["ritz_values"]]
+    assert m["kappa"] == pytest.approx(sum(r["kappa"] for r in runs) / 3, rel=1e-12)
     released = hessian_metrics(
         flow,
         x,
         HessianConfig(fraction=None, power_iters=0, trace_samples=0, positive_rtol=0),
     )
     assert released["kappa"] > 1e3 * m["kappa"]
+
+
+def test_default_kappa_threshold_follows_the_dtype():
+    """10 machine epsilons: 1.19e-6 in float32, 2.2e-15 in float64; a float64 flow's
+    Hessian is evaluated at its own rounding level."""
+    from pipeline_lib.evaluation.hessian import rounding_rtol
+
+    assert rounding_rtol(torch.float32) == pytest.approx(1.1920929e-6)
+    assert rounding_rtol(torch.float64) == pytest.approx(2.220446e-15)
+    torch.manual_seed(0)
+    cfg = FlowConfig(dim=2, hidden_dims=(3,), layer_type="mlp", trace="exact")
+    flow = build_flow(cfg).double()
+    m = hessian_metrics(
+        flow,
+        torch.randn(8, 2, dtype=torch.float64),
+        HessianConfig(fraction=None, power_iters=0, trace_samples=0, lanczos_runs=1),
+    )
+    assert m["kappa_rtol"] == rounding_rtol(torch.float64)
+    assert HessianConfig(positive_rtol=1e-4).positive_rtol == 1e-4
 
 
 def test_default_analysis_is_the_released_one():
@@ -428,4 +456,4 @@ def test_default_analysis_is_the_released_one():
         3,
         100,
     )
-    assert cfg.divergence is None and cfg.positive_rtol == 1e-8
+    assert cfg.divergence is None and cfg.positive_rtol is None

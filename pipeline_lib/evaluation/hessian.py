@@ -24,8 +24,9 @@ parameters, computed with PyHessian (Yao et al., 2020) from Hessian-vector produ
 and ``sparsehessian.py``, a PyHessian variant), computed per SLQ run and averaged over the
 ``lanczos_runs`` runs (n = number of unpruned parameters, H_u the n × n Hessian of the NLL
 w.r.t. the unpruned parameters, θ_k the Ritz values of one m-step Lanczos run, ascending,
-threshold = max(``positive_threshold``, ``positive_rtol`` · max |θ_k|), by default 10⁻⁸ of
-the largest Ritz value):
+threshold = max(``positive_threshold``, ``positive_rtol`` · max |θ_k|), by default
+:data:`ROUNDING_FACTOR` = 10 machine epsilons of the parameters' dtype times the largest
+|Ritz value|, see :func:`rounding_rtol`):
 
 * ``lambda_max`` — max θ_k, the largest Ritz value (Lanczos finds the extreme eigenvalues
   first, so with m = 100 it is λ_max(H_u) to many digits).
@@ -38,9 +39,16 @@ the largest Ritz value):
   the number of θ_k < −threshold. The released analysis used threshold 0, which makes κ
   meaningless whenever H_u has a null space (every pruned flow has one: e.g. the weights of a
   neuron whose output is masked): Ritz values at rounding level then give 10³⁴ where the dense
-  eigendecomposition gives a few hundred; any threshold from 10⁻¹⁰ λ_max up agrees with it.
-  With m ≪ n, λ_min_positive is a quadrature node, not the smallest positive eigenvalue of
-  H_u, so κ depends on m: compare flows at the same m.
+  eigendecomposition gives a few hundred. The HVPs are computed in the parameters' dtype, so
+  an eigenvalue below a few machine epsilons of λ_max cannot be told from rounding: the HVP
+  matrix of a float32 Gaussians flow (214 unpruned parameters) is asymmetric at 1.9·10⁻⁷ λ_max,
+  and its κ at threshold 10⁻⁸ λ_max is 2.7·10⁷ in float32 against 2.7·10⁶ in float64. The
+  default threshold, 10 ε (1.2·10⁻⁶ λ_max in float32), lies above that rounding level. A
+  trained flow's spectrum has no gap there, though, so κ still depends on the threshold
+  (7·10⁵ at 10⁻⁶, 6·10⁴ at 10⁻⁵ for that flow): compare flows at one threshold. With m ≪ n,
+  λ_min_positive is a quadrature node, not the smallest positive eigenvalue of H_u, so κ
+  also depends on m: compare flows at the same m. ``ritz_values`` and ``ritz_weights`` (per
+  run) are kept in the result, so κ at another threshold is :func:`ritz_statistics` away.
 
 Extra columns, not the paper's numbers: ``lambda_max_power`` — the largest (algebraic)
 eigenvalue of H_u by power iteration (PyHessian's ``eigenvalues``; when the dominant eigenvalue
@@ -176,7 +184,9 @@ class HessianConfig:
         positive_rtol: the same, relative to the largest |Ritz value| of the run; the larger
             of the two thresholds applies. A Hessian with an exact null space (e.g. weights
             that feed only pruned paths) has Ritz values at rounding level around 0, which
-            make κ meaningless (the released analysis used 0); 10⁻⁸ excludes them.
+            make κ meaningless (the released analysis used 0). ``None`` (the default):
+            :func:`rounding_rtol` of the parameters' dtype, 10 machine epsilons, which
+            excludes them.
         params: names (as in ``model.named_parameters()``) of the parameters to differentiate
             w.r.t.; ``None`` for all parameters that require grad.
     """
@@ -195,7 +205,7 @@ class HessianConfig:
     divergence: str | None = None
     reuse_graph: bool = True
     positive_threshold: float = 0.0
-    positive_rtol: float = 1e-8
+    positive_rtol: float | None = None
     params: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -214,7 +224,7 @@ class HessianConfig:
             raise ValueError(
                 f"hessian.divergence must be 'exact', 'hutchinson' or null; got {self.divergence!r}"
             )
-        if self.positive_threshold < 0 or self.positive_rtol < 0:
+        if self.positive_threshold < 0 or (self.positive_rtol or 0.0) < 0:
             raise ValueError("hessian.positive_threshold and hessian.positive_rtol must be >= 0")
         if self.power_iters == 0 and self.lanczos_runs == 0:
             raise ValueError("set hessian.lanczos_runs (or hessian.power_iters) > 0 to get λ_max")
@@ -390,6 +400,7 @@ class HessianOperator:
         self._sizes = [p.numel() for p in self.params]
         device = self.params[0].device
         self.mask = torch.cat([m.reshape(-1) for m in masks]).to(device, torch.float64)
+        self.dtype = self.params[0].dtype
         self.numel = self.mask.numel()
         self.dim = int(self.mask.count_nonzero())
         self.n_hvp = 0
@@ -704,6 +715,17 @@ def lanczos(
     return LanczosResult(values, vectors[0].pow(2), a, b, steps, restarts)
 
 
+ROUNDING_FACTOR = 10.0
+"""Ritz values within this many machine epsilons of λ_max count as zero by default."""
+
+
+def rounding_rtol(dtype: torch.dtype) -> float:
+    """The default relative κ threshold: :data:`ROUNDING_FACTOR` machine epsilons of ``dtype``
+    (1.19·10⁻⁶ for float32, 2.2·10⁻¹⁵ for float64), the HVPs' rounding level relative to λ_max
+    with a margin (module docstring)."""
+    return ROUNDING_FACTOR * torch.finfo(dtype).eps
+
+
 def ritz_statistics(
     ritz_values: torch.Tensor | Sequence[float],
     positive_threshold: float = 0.0,
@@ -772,7 +794,9 @@ def hessian_metrics(
         ``lambda_max_power``, ``power_converged``, ``power_residual`` (‖Hv − λv‖, an error
         bound), ``trace_hutchinson``, ``trace_hutchinson_stderr``, ``nll`` (the loss at the
         evaluation point), ``n_params`` (selected parameters), ``n_params_unpruned``,
-        ``n_points``, ``definition``, the costs ``n_hvp`` and ``seconds`` (total) with their
+        ``n_points``, ``definition``, ``kappa_rtol`` (the relative threshold used),
+        ``ritz_values`` / ``ritz_weights`` (per SLQ run: ascending Ritz values and their
+        quadrature weights, from which κ at another threshold follows), the costs ``n_hvp`` and ``seconds`` (total) with their
         split ``n_hvp_{power,trace,lanczos}`` / ``seconds_{setup,power,trace,lanczos}``.
         Metrics of a skipped stage are NaN.
     """
@@ -803,18 +827,22 @@ def hessian_metrics(
         "trace_hutchinson": nan,
         "trace_hutchinson_stderr": nan,
         "definition": "slq" if cfg.lanczos_runs > 0 else "power+hutchinson",
+        "ritz_values": [],
+        "ritz_weights": [],
     }
 
     n_lanczos, s_lanczos = 0, 0.0
+    rtol = cfg.positive_rtol if cfg.positive_rtol is not None else rounding_rtol(op.dtype)
+    out["kappa_rtol"] = rtol
     if cfg.lanczos_runs > 0:
         runs = []
         for k in range(cfg.lanczos_runs):
             result, n_k, s_k = _timed(
                 op, lambda k=k: lanczos(op, cfg.lanczos_steps, _generator(cfg.seed + 3 + k))
             )
-            runs.append(
-                ritz_statistics(result.ritz_values, cfg.positive_threshold, cfg.positive_rtol)
-            )
+            runs.append(ritz_statistics(result.ritz_values, cfg.positive_threshold, rtol))
+            out["ritz_values"].append(result.ritz_values.tolist())
+            out["ritz_weights"].append(result.weights.tolist())
             n_lanczos, s_lanczos = n_lanczos + n_k, s_lanczos + s_k
 
         def mean(key: str) -> float:
