@@ -796,8 +796,8 @@ def hessian_metrics(
         evaluation point), ``n_params`` (selected parameters), ``n_params_unpruned``,
         ``n_points``, ``definition``, ``kappa_rtol`` (the relative threshold used),
         ``ritz_values`` / ``ritz_weights`` (per SLQ run: ascending Ritz values and their
-        quadrature weights, from which κ at another threshold follows), the costs ``n_hvp`` and ``seconds`` (total) with their
-        split ``n_hvp_{power,trace,lanczos}`` / ``seconds_{setup,power,trace,lanczos}``.
+        quadrature weights, from which κ at another threshold follows), the costs ``n_hvp``
+        and ``seconds`` (total) with their split ``n_hvp_{power,trace,lanczos}`` / ``seconds_{setup,power,trace,lanczos}``.
         Metrics of a skipped stage are NaN.
     """
     cfg = cfg or HessianConfig()

@@ -75,6 +75,7 @@ METRIC_COLUMNS = [
     ("hessian.json", "trace", "hessian_trace"),
     ("hessian.json", "kappa", "kappa"),
     ("hessian.json", "lambda_min_positive", "lambda_min_positive"),
+    ("hessian.json", "kappa_rtol", "kappa_rtol"),
     ("hessian.json", "nll", "hessian_nll"),
     ("hessian.json", "train_nll", "train_nll"),
     ("hessian.json", "lambda_max_power", "lambda_max_power"),

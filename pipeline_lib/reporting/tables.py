@@ -282,9 +282,27 @@ def write_good_samples_table(summary_path, published_dir, md, csv, tex) -> pd.Da
     return table
 
 
+def kappa_threshold_note(summary: pd.DataFrame) -> str:
+    """Which Ritz values κ counted as positive: the relative thresholds (``kappa_rtol``,
+    :func:`pipeline_lib.evaluation.hessian.rounding_rtol` by default) of the evaluated rows."""
+    rows = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary
+    if rows.empty:
+        return "above the threshold"
+    rtol = rows["kappa_rtol"] if "kappa_rtol" in rows else pd.Series(math.nan, index=rows.index)
+    shown = [f"{v:.3g}" for v in sorted(rtol.dropna().unique())]
+    note = f"above {' or '.join(shown)} × λ_max" if shown else "above the threshold"
+    missing = int(rtol.isna().sum())
+    if missing:
+        note += f" ({missing} of {len(rows)} rows evaluated before the threshold was recorded)"
+    if len(shown) > 1:
+        note += "; the rows mix thresholds, so their κ do not compare"
+    return note
+
+
 def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFrame:
     """Write Table 5 / S11–S12 (Hessian eigen-analysis) as Markdown, CSV and LaTeX."""
-    table = hessian_table(read_parquet(summary_path), published_dir)
+    summary = read_parquet(summary_path)
+    table = hessian_table(summary, published_dir)
     shown = table[["experiment", "method", "round", "seeds"]].copy()
     shown.insert(3, "prune ratio", table["prune_ratio"].map(lambda v: f"{100 * v:.0f}%"))
     shown["train NLL"] = _pm(table["train_nll_mean"], table["train_nll_std"], "{:.3f}")
@@ -309,7 +327,7 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "Hessian of the NLL on 10 % of the training split w.r.t. the unpruned parameters, "
         "with the released definitions (SLQ, 3 runs of 100 Lanczos steps): λ_max = largest "
         "Ritz value, trace = sum of the positive Ritz values, κ = λ_max / smallest positive "
-        "Ritz value; `rel.` = normalized to the unpruned flow of the same seed, then averaged "
+        f"Ritz value (positive: {kappa_threshold_note(summary)}); `rel.` = normalized to the unpruned flow of the same seed, then averaged "
         "over seeds (Table 5). Extra columns: λ_max by power iteration and tr H by Hutchinson. "
         "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds; "
         "for a classifier the NLL is its cross-entropy. "
