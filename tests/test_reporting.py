@@ -317,3 +317,26 @@ def test_classifier_rows_have_their_own_table_not_the_nll_table(tmp_path):
     assert "0.790 ± 0.010" in md.read_text() and "acc. σ=0.1" in md.read_text()
     with pytest.raises(ValueError, match="no classifier rows"):
         classifier_table(flows)
+
+
+def test_metric_figures_show_seed_counts_and_geometric_bands_on_log_axes(tmp_path):
+    """κ spans orders of magnitude: its curve is the geometric mean over seeds and its band
+    exp(mean ± std) of log κ, which stays positive; every panel names its seed count."""
+    import matplotlib.pyplot as plt
+
+    df = synthetic_summary()
+    df["kappa"] = 10.0 ** (2 + df["seed"])  # 1e2, 1e3, 1e4 over the seeds: arithmetic mean 3700
+    df.loc[(df["seed"] == 2) & (df["experiment"] == "p"), "lambda_max"] = float("nan")
+    summary = tmp_path / "s.parquet"
+    df.to_parquet(summary)
+    fig = plot_metrics_vs_prune_ratio(summary, ["kappa", "lambda_max"], tmp_path / "k.png")
+    (g_kappa, g_lmax), (_, p_lmax) = fig.axes[0:2], fig.axes[2:4]
+    assert g_kappa.get_title() == "g (gaussians, 3 seeds)"
+    assert p_lmax.get_title() == "p (power, 2 seeds)"  # seed 2 has no λ_max there
+    line = g_kappa.get_lines()[0]
+    assert line.get_ydata() == pytest.approx([1e3] * 3)
+    band = g_kappa.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(1e2) and band.max() == pytest.approx(1e4)
+    assert "geometric mean" in g_kappa.get_ylabel() and g_kappa.get_yscale() == "log"
+    assert g_lmax.get_yscale() == "linear"
+    plt.close(fig)

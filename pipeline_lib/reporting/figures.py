@@ -48,22 +48,41 @@ def _save(fig, png: str | Path, pdf: str | Path | None) -> None:
     plt.close(fig)
 
 
-def _method_curves(ax, sub: pd.DataFrame, column: str, axis: str = "nominal") -> None:
+def _method_curves(
+    ax, sub: pd.DataFrame, column: str, axis: str = "nominal", log: bool = False
+) -> None:
     """One line per pruning method: mean of ``column`` per round against the mean prune ratio
-    (``nominal`` or ``measured``, :func:`prune_ratio_axis`), with a ± std band over seeds."""
+    (``nominal`` or ``measured``, :func:`prune_ratio_axis`), with a ± std band over seeds.
+    With ``log`` (a log-scale axis, e.g. κ over orders of magnitude) the mean and the band are
+    taken in log space: the geometric mean, times / divided by the geometric std; values ≤ 0
+    are left out."""
+    import numpy as np
+
     from pipeline_lib.reporting.summary import prune_ratio_axis
 
     sub = sub.assign(pr_axis=prune_ratio_axis(sub, axis))
+    if log:
+        values = sub[column].where(sub[column] > 0)
+        sub = sub.assign(**{column: np.log(values)})
     for method, g in sub.groupby("method"):
         agg = g.groupby("round").agg(
             pr=("pr_axis", "mean"), mean=(column, "mean"), std=(column, "std")
         )
+        agg = agg.dropna(subset=["mean"])
         color = METHOD_COLORS.get(method)
-        ax.plot(100 * agg["pr"], agg["mean"], "o-", ms=3, color=color, label=method)
         band = agg["std"].fillna(0)
-        ax.fill_between(
-            100 * agg["pr"], agg["mean"] - band, agg["mean"] + band, color=color, alpha=0.2
-        )
+        low, mid, high = agg["mean"] - band, agg["mean"], agg["mean"] + band
+        if log:
+            low, mid, high = np.exp(low), np.exp(mid), np.exp(high)
+        ax.plot(100 * agg["pr"], mid, "o-", ms=3, color=color, label=method)
+        ax.fill_between(100 * agg["pr"], low, high, color=color, alpha=0.2)
+
+
+def _seeds_title(exp: str, sub: pd.DataFrame, column: str | None = None) -> str:
+    """``<experiment> (<dataset>, n seeds)``, counting the seeds with a value of ``column``."""
+    rows = sub if column is None else sub[sub[column].notna()]
+    seeds = rows["seed"].nunique()
+    return f"{exp} ({sub['dataset'].iloc[0]}, {seeds} seed{'s' if seeds != 1 else ''})"
 
 
 def _paper_curve(ax, prune_ratio: pd.Series, value: pd.Series, method: str | None) -> None:
@@ -111,8 +130,7 @@ def plot_nll_vs_prune_ratio(
             paper = published_nll_curve(published_dir, sub["dataset"].iloc[0])
             for method, p in paper.groupby("method"):
                 _paper_curve(ax, p["prune_ratio"], p["nll"], method)
-        seeds = sub["seed"].nunique()
-        ax.set_title(f"{exp} ({sub['dataset'].iloc[0]}, {seeds} seed{'s' if seeds > 1 else ''})")
+        ax.set_title(_seeds_title(exp, sub))
         ax.set_xlabel("prune ratio (%): ours measured over all parameters, paper nominal")
         ax.set_ylabel(f"test NLL ({unit})")
         ax.legend(fontsize=8)
@@ -311,7 +329,7 @@ def plot_metrics_vs_prune_ratio(
     published_dir: str | Path | None = None,
 ):
     """Evaluation metrics against prune ratio (Table 5 / Table 4 as curves), mean ± std over
-    seeds, one column per metric and one row per experiment that has it. ``<metric>_rel`` is
+    seeds (geometric on the ``log_scale`` metrics), the seed count in each title, one column per metric and one row per experiment that has it. ``<metric>_rel`` is
     normalized to the unpruned flow (:func:`with_relative_metrics`); with ``published_dir`` the
     paper's values for the same dataset (Tables 4 and 5) are drawn as open markers."""
     from pipeline_lib.reporting.published import published_metric_curve
@@ -338,7 +356,7 @@ def plot_metrics_vs_prune_ratio(
     for ax_row, exp in zip(axes, experiments, strict=True):
         sub = df[df["experiment"] == exp]
         for ax, metric in zip(ax_row, metrics, strict=True):
-            _method_curves(ax, sub, metric)
+            _method_curves(ax, sub, metric, log=metric in log_scale)
             if published_dir is not None:
                 paper, method = published_metric_curve(
                     published_dir, sub["dataset"].iloc[0], metric
@@ -347,9 +365,11 @@ def plot_metrics_vs_prune_ratio(
                     _paper_curve(ax, paper["prune_ratio"], paper["value"], method)
             if metric in log_scale:
                 ax.set_yscale("log")
-            ax.set_title(exp, fontsize=9)
+            ax.set_title(_seeds_title(exp, sub, metric), fontsize=9)
             ax.set_xlabel("prune ratio (%)")
             label = METRIC_LABELS.get(metric, metric)
+            if metric in log_scale:
+                label += " (geometric mean)"
             if metric.startswith("noise_accuracy_"):
                 label = f"accuracy, input noise σ={metric.removeprefix('noise_accuracy_')}"
             ax.set_ylabel(label)
