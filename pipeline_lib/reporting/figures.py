@@ -329,9 +329,10 @@ def plot_metrics_vs_prune_ratio(
     published_dir: str | Path | None = None,
 ):
     """Evaluation metrics against prune ratio (Table 5 / Table 4 as curves), mean ± std over
-    seeds (geometric on the ``log_scale`` metrics), the seed count in each title, one column per metric and one row per experiment that has it. ``<metric>_rel`` is
-    normalized to the unpruned flow (:func:`with_relative_metrics`); with ``published_dir`` the
-    paper's values for the same dataset (Tables 4 and 5) are drawn as open markers."""
+    seeds (geometric on the ``log_scale`` metrics), the seed count in each title, one column
+    per metric and one row per experiment that has it. ``<metric>_rel`` is normalized to the
+    unpruned flow (:func:`with_relative_metrics`); with ``published_dir`` the paper's values
+    for the same dataset (Tables 4 and 5) are drawn as open markers."""
     from pipeline_lib.reporting.published import published_metric_curve
     from pipeline_lib.reporting.summary import with_relative_metrics
 
