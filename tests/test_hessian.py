@@ -26,6 +26,7 @@ from pipeline_lib.evaluation.hessian import (
     largest_eigenvalue,
     power_iteration,
     ritz_statistics,
+    rounding_rtol,
 )
 from pipeline_lib.flows import FlowConfig, SolverConfig, build_flow
 from pipeline_lib.pruning import prune
@@ -391,7 +392,6 @@ def test_default_kappa_excludes_the_null_space_of_a_pruned_flow():
     in float32 equal those of the dense float64 eigendecomposition (to 1 %); with threshold 0
     (the released definition) κ is a ratio with a rounding-level Ritz value. The stored Ritz
     values give the reported κ back."""
-    from pipeline_lib.evaluation.hessian import rounding_rtol
     from pipeline_lib.pruning import apply_masks
 
     torch.manual_seed(3)
@@ -424,26 +424,39 @@ def test_default_kappa_excludes_the_null_space_of_a_pruned_flow():
         x,
         HessianConfig(fraction=None, power_iters=0, trace_samples=0, positive_rtol=0),
     )
-    assert released["kappa"] > 1e3 * m["kappa"]
+    assert released["kappa"] > 1e3 * m["kappa"] and released["kappa_rtol"] == 0
 
 
 def test_default_kappa_threshold_follows_the_dtype():
     """10 machine epsilons: 1.19e-6 in float32, 2.2e-15 in float64; a float64 flow's
     Hessian is evaluated at its own rounding level."""
-    from pipeline_lib.evaluation.hessian import rounding_rtol
-
     assert rounding_rtol(torch.float32) == pytest.approx(1.1920929e-6)
     assert rounding_rtol(torch.float64) == pytest.approx(2.220446e-15)
     torch.manual_seed(0)
     cfg = FlowConfig(dim=2, hidden_dims=(3,), layer_type="mlp", trace="exact")
     flow = build_flow(cfg).double()
+    x = torch.randn(8, 2, dtype=torch.float64)
     m = hessian_metrics(
-        flow,
-        torch.randn(8, 2, dtype=torch.float64),
-        HessianConfig(fraction=None, power_iters=0, trace_samples=0, lanczos_runs=1),
+        flow, x, HessianConfig(fraction=None, power_iters=0, trace_samples=0, lanczos_runs=1)
     )
     assert m["kappa_rtol"] == rounding_rtol(torch.float64)
-    assert HessianConfig(positive_rtol=1e-4).positive_rtol == 1e-4
+    at_default = ritz_statistics(m["ritz_values"][0], positive_rtol=rounding_rtol(torch.float64))
+    assert m["kappa"] == at_default["kappa"]
+    set_by_hand = HessianConfig(
+        fraction=None, power_iters=0, trace_samples=0, lanczos_runs=1, positive_rtol=1e-4
+    )
+    assert hessian_metrics(flow, x, set_by_hand)["kappa_rtol"] == 1e-4
+
+
+def test_the_float32_default_ignores_rounding_level_ritz_values():
+    """Ritz values of a float32 null space at ±1e-7 of λ_max (the rounding level measured on
+    a pruned Gaussians flow) count as zero at the default threshold; 1e-8 took them for the
+    smallest positive eigenvalue and gave κ = 3·10⁷."""
+    theta = [1.0, 0.5, 1e-7, -1e-7, 3e-8]
+    default = ritz_statistics(theta, positive_rtol=rounding_rtol(torch.float32))
+    assert default["kappa"] == 2.0 and default["n_negative_ritz"] == 0
+    assert default["ritz_positive_sum"] == 1.5
+    assert ritz_statistics(theta, positive_rtol=1e-8)["kappa"] == pytest.approx(1 / 3e-8)
 
 
 def test_default_analysis_is_the_released_one():

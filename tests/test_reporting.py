@@ -104,20 +104,26 @@ def test_hessian_table_normalizes_to_the_unpruned_flow(tmp_path):
     md = (tmp_path / "h.md").read_text()
     assert "λ_max" in md and "train NLL" in md and "0.910 ± 0.010" in md
     assert (tmp_path / "h.tex").read_text().startswith("\\begin{tabular}")
-    assert "positive: above the threshold (36 of 36 rows evaluated before" in md
+    assert "positive: above 10⁻⁸ × max |Ritz value| (the former default; 36 of 36 rows" in md
+    assert "mix thresholds" not in md
 
 
 def test_hessian_table_states_kappas_threshold():
-    """The caption names the relative threshold κ used, and warns when rows mix thresholds."""
+    """The caption names the relative threshold κ used, and warns when rows mix thresholds,
+    recorded or not (rows from before ``kappa_rtol`` was recorded used 1e-8)."""
     from pipeline_lib.reporting.tables import kappa_threshold_note
 
     df = synthetic_summary().assign(kappa_rtol=1.1920928955078125e-06)
-    assert kappa_threshold_note(df) == "above 1.19e-06 × λ_max"
-    df.loc[df["round"] == 2, "kappa_rtol"] = 1e-8
-    assert kappa_threshold_note(df).endswith("the rows mix thresholds, so their κ do not compare")
+    assert kappa_threshold_note(df) == "above 1.19e-06 × max |Ritz value|"
+    df.loc[df["round"] == 2, "kappa_rtol"] = 0.0
+    note = kappa_threshold_note(df)
+    assert note.startswith("above 0 (the released definition) or 1.19e-06 × max |Ritz value|")
+    assert note.endswith("the rows mix thresholds, so their κ do not compare")
     df.loc[df["round"] == 2, "kappa_rtol"] = np.nan
     note = kappa_threshold_note(df)
-    assert note.startswith("above 1.19e-06 × λ_max (12 of 36 rows")
+    assert "10⁻⁸ × max |Ritz value| (the former default; 12 of 36 rows" in note
+    assert note.endswith("the rows mix thresholds, so their κ do not compare")
+    assert kappa_threshold_note(df.drop(columns=["lambda_max"])) == "above the threshold"
 
 
 def test_good_samples_table_matches_published_by_prune_ratio():

@@ -65,8 +65,8 @@ again (the released analysis likewise swapped the adjoint for plain backpropagat
 is therefore always run with ``adjoint=False``. Adaptive solvers choose their steps outside
 autograd, so the derivatives are those of the discretized solve on the accepted step grid; since
 the parameters, the data batch and the divergence noise are all fixed, that grid is the same in
-every solve and the operator is deterministic and symmetric (up to rounding). A fixed-grid solver (e.g. ``rk4``
-with ``step_size``) can be passed instead to make the grid explicit.
+every solve and the operator is deterministic and symmetric (up to rounding). A fixed-grid
+solver (e.g. ``rk4`` with ``step_size``) can be passed instead to make the grid explicit.
 
 **Divergence noise.** The log-density of an FFJORD flow with a Hutchinson divergence estimator
 depends on the noise ε; on a fixed step grid the NLL is linear in εεᵀ, so the Hessian at a
@@ -224,7 +224,9 @@ class HessianConfig:
             raise ValueError(
                 f"hessian.divergence must be 'exact', 'hutchinson' or null; got {self.divergence!r}"
             )
-        if self.positive_threshold < 0 or (self.positive_rtol or 0.0) < 0:
+        if self.positive_threshold < 0 or (
+            self.positive_rtol is not None and self.positive_rtol < 0
+        ):
             raise ValueError("hessian.positive_threshold and hessian.positive_rtol must be >= 0")
         if self.power_iters == 0 and self.lanczos_runs == 0:
             raise ValueError("set hessian.lanczos_runs (or hessian.power_iters) > 0 to get λ_max")
@@ -369,6 +371,8 @@ class HessianOperator:
     Attributes:
         mask: flat 0/1 float64 mask over all selected parameters (length ``numel``).
         dim: number of unpruned parameters (nonzeros of ``mask``), the dimension of H_u.
+        dtype: the least precise dtype of the selected parameters, at whose level the HVPs
+            round (:func:`rounding_rtol`).
         loss_value: the NLL at the current parameters (nats per sample).
         n_hvp, seconds: HVPs computed so far and seconds spent (graph building included).
     """
@@ -400,7 +404,8 @@ class HessianOperator:
         self._sizes = [p.numel() for p in self.params]
         device = self.params[0].device
         self.mask = torch.cat([m.reshape(-1) for m in masks]).to(device, torch.float64)
-        self.dtype = self.params[0].dtype
+        # the least precise parameter dtype: the HVPs round at its level (see rounding_rtol)
+        self.dtype = max((p.dtype for p in self.params), key=lambda d: torch.finfo(d).eps)
         self.numel = self.mask.numel()
         self.dim = int(self.mask.count_nonzero())
         self.n_hvp = 0
@@ -716,13 +721,15 @@ def lanczos(
 
 
 ROUNDING_FACTOR = 10.0
-"""Ritz values within this many machine epsilons of λ_max count as zero by default."""
+"""By default Ritz values within ±``ROUNDING_FACTOR`` · ε · max |θ| of 0 count as zero."""
 
 
 def rounding_rtol(dtype: torch.dtype) -> float:
     """The default relative κ threshold: :data:`ROUNDING_FACTOR` machine epsilons of ``dtype``
-    (1.19·10⁻⁶ for float32, 2.2·10⁻¹⁵ for float64), the HVPs' rounding level relative to λ_max
-    with a margin (module docstring)."""
+    (1.19·10⁻⁶ for float32, 2.2·10⁻¹⁵ for float64), the HVPs' rounding level relative to
+    max |θ| with a margin (module docstring). Measured for float32 CPU arithmetic; half
+    precision, or TF32 convolutions on a GPU, round more coarsely than their dtype says, so
+    set ``positive_rtol`` by hand there."""
     return ROUNDING_FACTOR * torch.finfo(dtype).eps
 
 
@@ -794,11 +801,12 @@ def hessian_metrics(
         ``lambda_max_power``, ``power_converged``, ``power_residual`` (‖Hv − λv‖, an error
         bound), ``trace_hutchinson``, ``trace_hutchinson_stderr``, ``nll`` (the loss at the
         evaluation point), ``n_params`` (selected parameters), ``n_params_unpruned``,
-        ``n_points``, ``definition``, ``kappa_rtol`` (the relative threshold used),
+        ``n_points``, ``definition``, ``kappa_rtol`` (the relative threshold used), the
+        costs ``n_hvp`` and ``seconds`` (total) with their split
+        ``n_hvp_{power,trace,lanczos}`` / ``seconds_{setup,power,trace,lanczos}``, and last
         ``ritz_values`` / ``ritz_weights`` (per SLQ run: ascending Ritz values and their
-        quadrature weights, from which κ at another threshold follows), the costs ``n_hvp``
-        and ``seconds`` (total) with their split ``n_hvp_{power,trace,lanczos}`` / ``seconds_{setup,power,trace,lanczos}``.
-        Metrics of a skipped stage are NaN.
+        quadrature weights, from which κ at another threshold follows). Metrics of a skipped
+        stage are NaN.
     """
     cfg = cfg or HessianConfig()
     start = time.perf_counter()
@@ -827,9 +835,9 @@ def hessian_metrics(
         "trace_hutchinson": nan,
         "trace_hutchinson_stderr": nan,
         "definition": "slq" if cfg.lanczos_runs > 0 else "power+hutchinson",
-        "ritz_values": [],
-        "ritz_weights": [],
     }
+    ritz_values: list[list[float]] = []
+    ritz_weights: list[list[float]] = []
 
     n_lanczos, s_lanczos = 0, 0.0
     rtol = cfg.positive_rtol if cfg.positive_rtol is not None else rounding_rtol(op.dtype)
@@ -841,8 +849,8 @@ def hessian_metrics(
                 op, lambda k=k: lanczos(op, cfg.lanczos_steps, _generator(cfg.seed + 3 + k))
             )
             runs.append(ritz_statistics(result.ritz_values, cfg.positive_threshold, rtol))
-            out["ritz_values"].append(result.ritz_values.tolist())
-            out["ritz_weights"].append(result.weights.tolist())
+            ritz_values.append(result.ritz_values.tolist())
+            ritz_weights.append(result.weights.tolist())
             n_lanczos, s_lanczos = n_lanczos + n_k, s_lanczos + s_k
 
         def mean(key: str) -> float:
@@ -899,6 +907,8 @@ def hessian_metrics(
         seconds_power=s_power,
         seconds_trace=s_trace,
         seconds_lanczos=s_lanczos,
+        ritz_values=ritz_values,  # last: a few hundred numbers per run
+        ritz_weights=ritz_weights,
     )
     log.info(
         "Hessian of the NLL on %d points, %d unpruned of %d parameters: λ_max=%.4g, "

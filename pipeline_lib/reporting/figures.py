@@ -68,7 +68,8 @@ def _method_curves(
         agg = g.groupby("round").agg(
             pr=("pr_axis", "mean"), mean=(column, "mean"), std=(column, "std")
         )
-        agg = agg.dropna(subset=["mean"])
+        if log:  # rounds without a positive value: no point (linear axes keep their gaps)
+            agg = agg.dropna(subset=["mean"])
         color = METHOD_COLORS.get(method)
         band = agg["std"].fillna(0)
         low, mid, high = agg["mean"] - band, agg["mean"], agg["mean"] + band

@@ -283,17 +283,25 @@ def write_good_samples_table(summary_path, published_dir, md, csv, tex) -> pd.Da
 
 
 def kappa_threshold_note(summary: pd.DataFrame) -> str:
-    """Which Ritz values κ counted as positive: the relative thresholds (``kappa_rtol``,
-    :func:`pipeline_lib.evaluation.hessian.rounding_rtol` by default) of the evaluated rows."""
-    rows = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary
+    """Which Ritz values κ counted as positive: the thresholds relative to max |θ|
+    (``kappa_rtol``, :func:`pipeline_lib.evaluation.hessian.rounding_rtol` by default) of the
+    rows with a Hessian, with a warning where rows mix thresholds. Rows evaluated before the
+    threshold was recorded used the former default, 10⁻⁸."""
+    rows = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary.iloc[0:0]
     if rows.empty:
         return "above the threshold"
     rtol = rows["kappa_rtol"] if "kappa_rtol" in rows else pd.Series(math.nan, index=rows.index)
-    shown = [f"{v:.3g}" for v in sorted(rtol.dropna().unique())]
-    note = f"above {' or '.join(shown)} × λ_max" if shown else "above the threshold"
+    recorded = sorted(rtol.dropna().unique())
+    shown = [
+        f"{v:.3g} × max |Ritz value|" if v > 0 else "0 (the released definition)" for v in recorded
+    ]
     missing = int(rtol.isna().sum())
     if missing:
-        note += f" ({missing} of {len(rows)} rows evaluated before the threshold was recorded)"
+        shown.append(
+            f"10⁻⁸ × max |Ritz value| (the former default; {missing} of {len(rows)} "
+            "rows, evaluated before the threshold was recorded)"
+        )
+    note = "above " + " or ".join(shown)
     if len(shown) > 1:
         note += "; the rows mix thresholds, so their κ do not compare"
     return note
@@ -327,8 +335,9 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "Hessian of the NLL on 10 % of the training split w.r.t. the unpruned parameters, "
         "with the released definitions (SLQ, 3 runs of 100 Lanczos steps): λ_max = largest "
         "Ritz value, trace = sum of the positive Ritz values, κ = λ_max / smallest positive "
-        f"Ritz value (positive: {kappa_threshold_note(summary)}); `rel.` = normalized to the unpruned flow of the same seed, then averaged "
-        "over seeds (Table 5). Extra columns: λ_max by power iteration and tr H by Hutchinson. "
+        f"Ritz value (positive: {kappa_threshold_note(summary)}), arithmetic mean ± std "
+        "over seeds (the figure's κ is the geometric mean); `rel.` = normalized to the "
+        "unpruned flow of the same seed, then averaged over seeds (Table 5). Extra columns: λ_max by power iteration and tr H by Hutchinson. "
         "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds; "
         "for a classifier the NLL is its cross-entropy. "
         "`paper`: Tables S11–S12 (structured pruning) at the same nominal prune ratio, beside "
