@@ -61,9 +61,9 @@ def _method_curves(
     from pipeline_lib.reporting.summary import prune_ratio_axis
 
     sub = sub.assign(pr_axis=prune_ratio_axis(sub, axis))
+    back = np.exp if log else np.asarray  # from the averaging scale to the axis
     if log:
-        values = sub[column].where(sub[column] > 0)
-        sub = sub.assign(**{column: np.log(values)})
+        sub = sub.assign(**{column: np.log(sub[column].where(sub[column] > 0))})
     for method, g in sub.groupby("method"):
         agg = g.groupby("round").agg(
             pr=("pr_axis", "mean"), mean=(column, "mean"), std=(column, "std")
@@ -72,11 +72,14 @@ def _method_curves(
             agg = agg.dropna(subset=["mean"])
         color = METHOD_COLORS.get(method)
         band = agg["std"].fillna(0)
-        low, mid, high = agg["mean"] - band, agg["mean"], agg["mean"] + band
-        if log:
-            low, mid, high = np.exp(low), np.exp(mid), np.exp(high)
-        ax.plot(100 * agg["pr"], mid, "o-", ms=3, color=color, label=method)
-        ax.fill_between(100 * agg["pr"], low, high, color=color, alpha=0.2)
+        ax.plot(100 * agg["pr"], back(agg["mean"]), "o-", ms=3, color=color, label=method)
+        ax.fill_between(
+            100 * agg["pr"],
+            back(agg["mean"] - band),
+            back(agg["mean"] + band),
+            color=color,
+            alpha=0.2,
+        )
 
 
 def _seeds_title(exp: str, sub: pd.DataFrame, column: str | None = None) -> str:

@@ -214,12 +214,17 @@ def good_samples_table(summary: pd.DataFrame, published_dir: str | Path | None) 
     return out
 
 
+def _hessian_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows that have a Hessian evaluation (none in a summary without one)."""
+    return summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary.iloc[0:0]
+
+
 def hessian_table(summary: pd.DataFrame, published_dir: str | Path | None) -> pd.DataFrame:
     """Table 5 / S11–S12: NLL, λ_max, trace and κ per prune round, raw and normalized to the
     unpruned flow, beside the published raw values (structured pruning)."""
     hessian = ["lambda_max", "hessian_trace", "kappa"]
     cols = ["train_nll", "test_nll", *hessian, "lambda_max_power", "trace_hutchinson"]
-    df = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary.iloc[0:0]
+    df = _hessian_rows(summary)
     df = df.assign(**{c: math.nan for c in cols if c not in df})  # older summaries lack some
     rel = [f"{c}_rel" for c in hessian]
     out = _per_round(with_relative_metrics(df, hessian), cols + rel)
@@ -287,7 +292,7 @@ def kappa_threshold_note(summary: pd.DataFrame) -> str:
     (``kappa_rtol``, :func:`pipeline_lib.evaluation.hessian.rounding_rtol` by default) of the
     rows with a Hessian, with a warning where rows mix thresholds. Rows evaluated before the
     threshold was recorded used the former default, 10⁻⁸."""
-    rows = summary.dropna(subset=["lambda_max"]) if "lambda_max" in summary else summary.iloc[0:0]
+    rows = _hessian_rows(summary)
     if rows.empty:
         return "above the threshold"
     rtol = rows["kappa_rtol"] if "kappa_rtol" in rows else pd.Series(math.nan, index=rows.index)
@@ -337,7 +342,8 @@ def write_hessian_table(summary_path, published_dir, md, csv, tex) -> pd.DataFra
         "Ritz value, trace = sum of the positive Ritz values, κ = λ_max / smallest positive "
         f"Ritz value (positive: {kappa_threshold_note(summary)}), arithmetic mean ± std "
         "over seeds (the figure's κ is the geometric mean); `rel.` = normalized to the "
-        "unpruned flow of the same seed, then averaged over seeds (Table 5). Extra columns: λ_max by power iteration and tr H by Hutchinson. "
+        "unpruned flow of the same seed, then averaged over seeds (Table 5). Extra columns: "
+        "λ_max by power iteration and tr H by Hutchinson. "
         "train NLL: the whole training split (Table S11's NLL column), mean ± std over seeds; "
         "for a classifier the NLL is its cross-entropy. "
         "`paper`: Tables S11–S12 (structured pruning) at the same nominal prune ratio, beside "
